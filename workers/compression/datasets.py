@@ -1,10 +1,12 @@
 """Datasets for training and evaluation: `.npz` and image-folder archives, normalized, optionally augmented.
 
-CONTRACT STUB (owned by the engine-inputs helper, who replaces the bodies; keep these names and shapes).
+Samples stay in memory in their stored dtype (uint8 images cost a quarter of float32); each batch is
+scaled, normalized and, for training images, augmented on the fly with index tensors (no per-sample loops).
 """
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,18 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from workers.compression.config import DataOptions
+from workers.compression.errors import InvalidDataset
 
-__all__ = ["DatasetBundle", "from_arrays", "load_dataset"]
+__all__ = ["MAX_NPZ_BYTES", "PAD", "DatasetBundle", "from_arrays", "load_dataset"]
+
+Norm = tuple[tuple[float, ...], tuple[float, ...]]
+
+PAD = 4  # pixels of zero padding before the random crop (the CIFAR convention)
+MAX_NPZ_BYTES = 8 << 30  # uncompressed bytes an .npz may declare; a bigger one is refused before reading
+_SPLITS = ("x_train", "y_train", "x_val", "y_val")
 
 
 @dataclass
@@ -39,7 +49,11 @@ class DatasetBundle:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Returns `x` as normalized float32: (x * scale - mean) / std per channel."""
-        raise NotImplementedError
+        # mean/std broadcast over (B, C, H, W) as (1, C, 1, 1) and over (B, F) as (1, F) or (1, 1).
+        shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
+        return (x.to(torch.float32) * self.scale - mean) / std
 
     def batches(
         self,
@@ -50,21 +64,151 @@ class DatasetBundle:
         generator: torch.Generator | None = None,
         device: torch.device | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yields normalized (x, y) batches on `device`; train batches are augmented when `augment`."""
-        raise NotImplementedError
+        """Yields normalized (x, y) batches on `device`; train batches are augmented when `augment`.
+
+        Every sample is yielded once per pass; the last batch may be smaller than `batch_size`.
+        """
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
+        n = x.shape[0]
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        augment = split == "train" and self.augment and x.dim() == 4
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            xb = x[idx]
+            if augment:
+                xb = random_crop_flip(xb, generator)
+            yield self.normalize(xb.to(device)), y[idx].to(device)
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Returns a random `PAD`-px zero-padded crop of each image, half of them flipped left-right."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (PAD, PAD, PAD, PAD))  # (B, C, H+2P, W+2P); zero = black before normalization
+    dy = torch.randint(0, 2 * PAD + 1, (b, 1), generator=generator)
+    dx = torch.randint(0, 2 * PAD + 1, (b, 1), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    rows = dy + torch.arange(h)  # (B, H)
+    cols = dx + torch.arange(w)  # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # reading columns backwards flips the image
+    # Advanced indexing on dims 0, 2, 3 puts them first: (B, H, W, C), hence the permute back.
+    out = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def from_arrays(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-    options: DataOptions, *, default_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    options: DataOptions, *, default_norm: Norm | None = None,
 ) -> DatasetBundle:
     """Validates arrays (NCHW or NHWC, uint8 or float) and builds a bundle; mean/std from options,
     else `default_norm` (an architecture's training convention), else computed on the train split."""
-    raise NotImplementedError
+    xt, xv = _samples(x_train, "x_train"), _samples(x_val, "x_val")
+    if xt.shape[1:] != xv.shape[1:]:
+        raise InvalidDataset(f"x_train samples have shape {tuple(xt.shape[1:])} but x_val samples "
+                             f"{tuple(xv.shape[1:])}; both splits must share one sample shape")
+    yt, yv = _labels(y_train, "y_train", len(xt)), _labels(y_val, "y_val", len(xv))
+    num_classes = int(max(int(yt.max()), int(yv.max()))) + 1
+    if num_classes < 2:
+        raise InvalidDataset("the labels name a single class; a classifier needs at least two")
+    default_scale = 1.0 / 255.0 if xt.dtype == torch.uint8 else 1.0
+    scale = options.scale if options.scale is not None else default_scale
+    channels = xt.shape[1] if xt.dim() == 4 else 1
+    if options.mean is not None and options.std is not None:
+        norm: Norm = (tuple(options.mean), tuple(options.std))
+        source = "data.mean/data.std"
+    elif default_norm is not None:
+        norm, source = default_norm, "the architecture's default normalization"
+    else:
+        norm, source = _train_stats(xt, scale), ""
+    if source and len(norm[0]) not in (1, channels):
+        raise InvalidDataset(f"{source} has {len(norm[0])} values but the images have {channels} channel(s)")
+    return DatasetBundle(x_train=xt, y_train=yt, x_val=xv, y_val=yv, num_classes=num_classes,
+                         mean=norm[0], std=norm[1], scale=scale, augment=options.augment)
 
 
-def load_dataset(
-    path: Path, options: DataOptions, *, default_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-) -> DatasetBundle:
+def _samples(x: np.ndarray, name: str) -> torch.Tensor:
+    """Checks one split's samples and returns them as (N, C, H, W) or (N, F), uint8 or float32."""
+    if x.dtype != np.uint8 and x.dtype.kind != "f":
+        raise InvalidDataset(f"{name} has dtype {x.dtype}; use uint8 (0-255 images) or float")
+    if x.ndim == 3:  # (N, H, W): single-channel images
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):  # channels last
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim not in (2, 4):
+        raise InvalidDataset(f"{name} has shape {x.shape}; expected (N, C, H, W), (N, H, W, C), "
+                             "(N, H, W) or flat (N, F)")
+    if x.shape[0] == 0 or min(x.shape) == 0:
+        raise InvalidDataset(f"{name} is empty (shape {x.shape})")
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise InvalidDataset(f"{name} contains NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _labels(y: np.ndarray, name: str, n: int) -> torch.Tensor:
+    """Checks one split's labels (integers in [0, classes), one per sample) and returns them as int64."""
+    if y.dtype.kind not in "iu":
+        raise InvalidDataset(f"{name} has dtype {y.dtype}; labels must be integers (class indices)")
+    if y.shape != (n,):
+        raise InvalidDataset(f"{name} has shape {y.shape}; expected ({n},), one label per sample")
+    if y.min() < 0:
+        raise InvalidDataset(f"{name} has negative labels; use class indices 0..K-1")
+    if y.max() >= 100_000:
+        raise InvalidDataset(f"{name} has label {y.max()}; class indices above 99999 are not supported")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _train_stats(x: torch.Tensor, scale: float) -> Norm:
+    """Returns per-channel (or, for flat data, global) mean and std of the scaled train split."""
+    dims = (0, 2, 3) if x.dim() == 4 else (0, 1)
+    total = torch.zeros(x.shape[1] if x.dim() == 4 else 1, dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in torch.split(x, 4096):  # float64 copies of a chunk only, not of the whole split
+        c = chunk.to(torch.float64) * scale
+        total += c.sum(dims)
+        squares += (c * c).sum(dims)
+    count = x.numel() / total.numel()
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a constant channel must not divide by 0
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_dataset(path: Path, options: DataOptions, *, default_norm: Norm | None = None) -> DatasetBundle:
     """Loads `.npz` or an image-folder archive (`.zip`, `.tar`, `.tar.gz`) safely; raises InvalidDataset."""
-    raise NotImplementedError
+    from workers.compression.sniff import sniff_dataset_file
+
+    kind = sniff_dataset_file(path)
+    if kind == "npz":
+        arrays = _read_npz(path)
+    else:
+        from workers.compression.archives import read_image_folder
+
+        arrays = read_image_folder(path, kind)
+    return from_arrays(*arrays, options, default_norm=default_norm)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reads the four splits of an `.npz` without pickle, after bounding its declared uncompressed size."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidDataset(f"the .npz file is not a readable zip archive ({exc})") from None
+    if declared > MAX_NPZ_BYTES:
+        raise InvalidDataset(f"the .npz declares {declared} uncompressed bytes; the limit is {MAX_NPZ_BYTES}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [key for key in _SPLITS if key not in npz.files]
+            if missing:
+                raise InvalidDataset(f"the .npz lacks {missing}; it needs arrays named {list(_SPLITS)} "
+                                     f"(found {sorted(npz.files)})")
+            x_train, y_train, x_val, y_val = (npz[key] for key in _SPLITS)
+    except InvalidDataset:
+        raise
+    except ValueError as exc:  # numpy refuses object arrays (pickles) with allow_pickle=False
+        raise InvalidDataset(f"the .npz holds an array numpy cannot read without pickle ({exc}); "
+                             "store plain numeric arrays (uint8/float images, integer labels)") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InvalidDataset(f"the .npz is truncated or corrupt ({exc})") from None
+    return x_train, y_train, x_val, y_val
