@@ -1,0 +1,209 @@
+"""ONNX export and its verification: a pruned model leaves the engine only as an ONNX file that
+onnxruntime has shown to reproduce PyTorch on the whole validation split.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import zstandard
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from torch import nn
+from torch.nn.utils import parametrize, prune
+
+from workers.compression.datasets import DatasetBundle
+from workers.compression.errors import ExportMismatch, UnsupportedOp
+
+__all__ = [
+    "ATOL",
+    "IR_VERSION",
+    "OPSET",
+    "RTOL",
+    "TOP1_TOLERANCE",
+    "Verification",
+    "export_onnx",
+    "finalize",
+    "ort_session",
+    "verify",
+    "write_zstd",
+]
+
+OPSET = 17
+IR_VERSION = 10  # onnx 1.23 writes IR 11 by default, which onnxruntime 1.31 refuses to load
+INPUT, OUTPUT = "input", "logits"
+ZSTD_LEVEL = 19
+# Logit tolerance, elementwise: |ort - torch| <= ATOL + RTOL * |torch|. Both sides compute in float32,
+# but onnxruntime folds BatchNorm into Conv and sums in another order (MLAS vs ATen/oneDNN kernels); on
+# CIFAR ResNets that moves logits (magnitude ~1-20) by 1e-6..1e-4. 1e-3 abs + 1e-3 rel leaves ~10x room
+# for that, while any real export error (a dropped mask, a wrong op, eval/train BN mix-up) moves logits
+# by far more than 1e-2.
+ATOL = 1e-3
+RTOL = 1e-3
+TOP1_TOLERANCE = 0.001  # top-1 accuracy of ORT and torch must agree within 0.1 point
+VERIFY_BATCH_SIZE = 256
+# What onnxruntime raises when it cannot load or run a graph (none of them derive from RuntimeError).
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.NotImplemented, ort_errors.InvalidArgument,
+    ort_errors.RuntimeException, ort_errors.InvalidProtobuf,
+)
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Makes `model` hold plain weights (reparametrizations folded in) with exact +0.0 zeros, in place.
+
+    `w * mask` leaves -0.0 where w was negative; its bit pattern differs from +0.0 and costs zstd.
+    """
+    for module in list(model.modules()):  # a list: removing parametrizations edits the module tree
+        if parametrize.is_parametrized(module):
+            for name in list(cast(nn.ModuleDict, module.parametrizations).keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):  # torch.nn.utils.prune keeps w_orig * w_mask
+                prune.remove(module, hook._tensor_name)  # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.masked_fill_(tensor == 0, 0.0)  # -0.0 == 0 is True: every zero becomes +0.0
+    return model
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    """Writes `model` (a CPU copy, eval mode) as ONNX with a dynamic batch axis, checked by onnx.checker."""
+    cpu_model = finalize(copy.deepcopy(model).cpu().eval())
+    example = torch.zeros(1, *input_shape)  # (1, C, H, W) or (1, F); the batch axis is dynamic
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            # The legacy TorchScript exporter warns that it is deprecated; it is 15x faster than the
+            # dynamo one on these models and handles onnx2torch modules, so it is chosen on purpose.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                cpu_model, (example,), str(path), dynamo=False, opset_version=OPSET,
+                input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                do_constant_folding=True,
+            )
+    except torch.onnx.errors.UnsupportedOperatorError as exc:
+        path.unlink(missing_ok=True)
+        raise UnsupportedOp(f"the pruned model cannot be exported to ONNX opset {OPSET}: {exc}") from None
+    proto = onnx.load(str(path))
+    proto.ir_version = IR_VERSION
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        path.unlink(missing_ok=True)
+        raise ExportMismatch(f"the exported ONNX graph is invalid (onnx.checker): {exc}") from None
+    onnx.save(proto, str(path))
+
+
+def write_zstd(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> int:
+    """Writes a zstandard-compressed copy of `src` to `dst`; returns its size in bytes."""
+    blob = zstandard.ZstdCompressor(level=level).compress(src.read_bytes())
+    dst.write_bytes(blob)
+    return len(blob)
+
+
+def ort_session(path: Path, threads: int) -> ort.InferenceSession:
+    """Opens an onnxruntime CPU session with `threads` intra-op threads (one inter-op thread)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: ORT's optimizer notes are noise here
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How closely onnxruntime reproduced PyTorch over the validation split."""
+
+    torch_accuracy: float
+    ort_accuracy: float
+    max_abs_diff: float
+    worst_excess: float  # max of |ort - torch| - (ATOL + RTOL*|torch|); <= 0 when every logit is in tolerance
+    samples: int
+
+    @property
+    def passed(self) -> bool:
+        """Tells whether logits and top-1 accuracy agree within tolerance."""
+        return self.worst_excess <= 0.0 and abs(self.torch_accuracy - self.ort_accuracy) <= TOP1_TOLERANCE
+
+    def as_report(self) -> dict[str, object]:
+        """Returns the report's `verification` block."""
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "passed": self.passed,
+            "tolerance": {"atol": ATOL, "rtol": RTOL, "top1_points": TOP1_TOLERANCE * 100},
+            "samples": self.samples,
+            "torch_accuracy": self.torch_accuracy,
+            "ort_accuracy": self.ort_accuracy,
+        }
+
+
+@contextmanager
+def _ieee_fp32() -> Iterator[None]:
+    """Turns TF32 off on CUDA for the comparison (TF32 convs differ from float32 by ~1e-3 relative)."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul  # type: ignore[attr-defined]
+    saved = (conv.fp32_precision, matmul.fp32_precision)
+    conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def verify(
+    model: nn.Module, onnx_path: Path, data: DatasetBundle, *, device: torch.device, threads: int,
+) -> Verification:
+    """Runs torch and onnxruntime over the whole validation split; on disagreement deletes the ONNX
+    file (and its `.zst` sibling) and raises ExportMismatch, so no silently wrong artifact survives."""
+    try:
+        session = ort_session(onnx_path, threads)
+        was_training = model.training
+        model.eval()
+        t_correct = o_correct = seen = 0
+        max_diff, worst = 0.0, -np.inf
+        with torch.no_grad(), _ieee_fp32():
+            for x, y in data.batches("val", VERIFY_BATCH_SIZE, shuffle=False, device=device):
+                t_logits = model(x).float().cpu().numpy()  # (B, classes)
+                o_logits = session.run([OUTPUT], {INPUT: x.cpu().numpy()})[0]  # (B, classes)
+                labels = y.cpu().numpy()
+                diff = np.abs(o_logits - t_logits)
+                max_diff = max(max_diff, float(np.max(diff, initial=0.0)))
+                worst = max(worst, float(np.max(diff - (ATOL + RTOL * np.abs(t_logits)), initial=-np.inf)))
+                t_correct += int((t_logits.argmax(axis=1) == labels).sum())
+                o_correct += int((o_logits.argmax(axis=1) == labels).sum())
+                seen += labels.shape[0]
+        model.train(was_training)
+    except ORT_ERRORS as exc:
+        _discard(onnx_path)
+        raise ExportMismatch(f"onnxruntime cannot run the exported model: {exc}") from None
+    nan = not np.isfinite(max_diff) or not np.isfinite(worst)
+    result = Verification(
+        torch_accuracy=t_correct / max(seen, 1), ort_accuracy=o_correct / max(seen, 1),
+        max_abs_diff=max_diff, worst_excess=np.inf if nan else worst, samples=seen,
+    )
+    if not result.passed:
+        _discard(onnx_path)
+        raise ExportMismatch(
+            f"the ONNX export does not reproduce the PyTorch model on {seen} validation samples: "
+            f"max |logit diff| {max_diff:.3g} (tolerance {ATOL:g} + {RTOL:g}*|logit|), top-1 "
+            f"{result.ort_accuracy:.4f} (onnxruntime) vs {result.torch_accuracy:.4f} (torch); "
+            "the model likely has data-dependent control flow that tracing cannot capture"
+        )
+    return result
+
+
+def _discard(onnx_path: Path) -> None:
+    """Deletes an artifact that failed verification, with its compressed copy."""
+    onnx_path.unlink(missing_ok=True)
+    onnx_path.with_name(onnx_path.name + ".zst").unlink(missing_ok=True)
