@@ -1,0 +1,115 @@
+"""What a compressed model costs: parameters and nonzeros, MACs, ONNX bytes, onnxruntime latency.
+
+FLOPs are counted as multiply-accumulates (MACs) of Conv and Linear layers for one sample, the pruning
+literature's convention (TPP's "FLOPs"); zeros inside a dense weight still count, because a dense
+runtime still computes them. Latency compares baseline and pruned ONNX models in alternation, so that
+drift of the machine (frequency, other load) hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.compression.export import INPUT, ort_session
+from workers.compression.methods.masks import weight_layers
+
+__all__ = ["LATENCY_BATCHES", "ParamCounts", "count_macs", "count_params", "latency_ms"]
+
+LATENCY_BATCHES = (1, 64)
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts of a model, overall and over its prunable (Conv/Linear, ndim >= 2) weights."""
+
+    params: int
+    nonzero_params: int
+    prunable: int
+    prunable_nonzero: int
+
+
+def count_params(model: nn.Module) -> ParamCounts:
+    """Counts parameters (buffers such as BN running stats excluded) and their nonzeros."""
+    params = list(model.parameters())
+    prunable = [w for _, _, w in weight_layers(model)]
+    return ParamCounts(
+        params=sum(p.numel() for p in params),
+        nonzero_params=sum(int(torch.count_nonzero(p)) for p in params),
+        prunable=sum(w.numel() for w in prunable),
+        prunable_nonzero=sum(int(torch.count_nonzero(w)) for w in prunable),
+    )
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Returns the multiply-accumulates of Conv and Linear layers for one sample of `input_shape`."""
+    total = 0
+
+    def conv_hook(module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        """Adds out_elements * (C_in / groups) * kernel_area for one convolution."""
+        nonlocal total
+        assert isinstance(module, nn.modules.conv._ConvNd)
+        total += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+
+    def linear_hook(module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        """Adds out_elements * in_features for one linear layer."""
+        nonlocal total
+        assert isinstance(module, nn.Linear)
+        total += output.numel() * module.in_features
+
+    handles = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.modules.conv._ConvNd) else linear_hook)
+        for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
+    ]
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))  # batch 1: the hooks count one sample
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return total
+
+
+def latency_ms(
+    baseline: Path, pruned: Path, input_shape: tuple[int, ...], *, threads: int,
+    batches: tuple[int, ...] = LATENCY_BATCHES, min_runs: int = 5, max_runs: int = 50, budget_s: float = 5.0,
+) -> dict[str, Any]:
+    """Measures median onnxruntime latency of both models at each batch size, alternating runs.
+
+    Returns {"baseline": {"b1": ms, ...}, "pruned": {...}, "runs": {"b1": n, ...}}: at least `min_runs`
+    timed runs per model, more until `max_runs` or about `budget_s` seconds per batch size.
+    """
+    sessions = {"baseline": ort_session(baseline, threads), "pruned": ort_session(pruned, threads)}
+    result: dict[str, Any] = {"baseline": {}, "pruned": {}, "runs": {}}
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        feed = {INPUT: rng.standard_normal((batch, *input_shape), dtype=np.float32)}
+        for session in sessions.values():
+            session.run(None, feed)  # warm-up: first runs allocate buffers and pick kernels
+        times: dict[str, list[float]] = {"baseline": [], "pruned": []}
+        start = time.perf_counter()
+        runs = 0
+        while runs < min_runs or (runs < max_runs and time.perf_counter() - start < budget_s):
+            # Swap who goes first each round, so neither side always runs on a cache warmed by the other.
+            order = ("baseline", "pruned") if runs % 2 == 0 else ("pruned", "baseline")
+            for side in order:
+                t0 = time.perf_counter()
+                sessions[side].run(None, feed)
+                times[side].append((time.perf_counter() - t0) * 1000.0)
+            runs += 1
+        for side, samples in times.items():
+            result[side][f"b{batch}"] = statistics.median(samples)
+        result["runs"][f"b{batch}"] = runs
+    return result
