@@ -1,0 +1,86 @@
+"""The service's settings, read from `SECATEUR_*` environment variables; no configuration = embedded."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["EMBEDDED_BROKER", "Settings", "get_settings"]
+
+# The embedded broker: kombu's filesystem transport under data_dir/broker (no server; cross-process).
+EMBEDDED_BROKER = "filesystem://localhost/"
+
+_MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob of the API and the workers; empty URLs resolve to the embedded default under data_dir."""
+
+    model_config = SettingsConfigDict(env_prefix="SECATEUR_", extra="ignore")
+
+    data_dir: Path = Path(".secateur")
+    database_url: str = ""  # default sqlite:///{data_dir}/secateur.db
+    broker_url: str = ""  # default EMBEDDED_BROKER; redis://host:6379/0 in production
+    storage_url: str = ""  # default file://{data_dir}/objects; s3://bucket/prefix for S3
+    s3_endpoint_url: str | None = None  # MinIO / SeaweedFS; credentials come from the usual AWS_* env
+    s3_region: str = "us-east-1"
+    s3_presign_endpoint_url: str | None = None  # the endpoint clients reach, when not s3_endpoint_url
+    auth: Literal["open", "keys"] = "open"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    auto_migrate: bool | None = None  # None: migrate at startup only for SQLite (the embedded default)
+
+    # Limits: the whole multipart body is counted as it streams in, whatever Content-Length says.
+    max_upload_bytes: int = Field(default=4096 * _MiB, ge=1)
+    max_config_bytes: int = Field(default=64 * 1024, ge=1)
+    max_zip_directory_bytes: int = Field(default=64 * _MiB, ge=1)
+    list_limit_max: int = Field(default=200, ge=1)
+
+    # Timeouts keep a dead dependency a fast 503 instead of a hung request.
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    db_statement_timeout_s: float = Field(default=15.0, gt=0)
+    broker_timeout_s: float = Field(default=2.0, gt=0)
+    presign_expires_s: int = Field(default=300, ge=1, le=3600)
+
+    # Worker-side knobs (read by workers/, kept here so one place documents every setting).
+    progress_write_interval_s: float = Field(default=2.0, ge=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    stale_after_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    torch_threads: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        """Fills empty URLs with the embedded default (SQLite, filesystem broker, local objects)."""
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'secateur.db'}"
+        if not self.broker_url:
+            self.broker_url = EMBEDDED_BROKER
+        if not self.storage_url:
+            self.storage_url = f"file://{(self.data_dir / 'objects').absolute()}"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Tells whether the database is SQLite (embedded) rather than a server."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def migrate_at_startup(self) -> bool:
+        """Tells whether the API runs `alembic upgrade head` itself (default: only for SQLite)."""
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def broker_dir(self) -> Path:
+        """Where the embedded filesystem broker keeps its message folders."""
+        return self.data_dir / "broker"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Returns the process's settings, read from the environment once, on first use (never at import)."""
+    return Settings()
