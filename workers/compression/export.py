@@ -87,6 +87,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> N
             # The legacy TorchScript exporter warns that it is deprecated; it is 15x faster than the
             # dynamo one on these models and handles onnx2torch modules, so it is chosen on purpose.
             warnings.simplefilter("ignore", DeprecationWarning)
+            # Strided slices (option-A shortcuts, x[:, :, ::2, ::2]) are left unfolded; harmless.
+            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
             torch.onnx.export(
                 cpu_model, (example,), str(path), dynamo=False, opset_version=OPSET,
                 input_names=[INPUT], output_names=[OUTPUT],
