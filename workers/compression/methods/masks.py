@@ -61,7 +61,7 @@ class PrunableLayer:
     def __post_init__(self) -> None:
         """Starts dense, with scores at the current magnitudes."""
         self.pruned = torch.zeros_like(self.weight, dtype=torch.bool)
-        self.score = self.weight.detach().abs().clone()
+        self.score = self.weight.detach().abs()
 
     @property
     def alive(self) -> int:
