@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from workers.compression.errors import InvalidConfig
 
 __all__ = [
-    "PrunableLayer", "global_removal_counts", "layer_kind", "layer_stats", "select_prunable", "weight_layers",
+    "PrunableLayer", "global_removal_counts", "layer_kind", "select_prunable", "weight_layers",
 ]
 
 LayerKind = Literal["conv", "linear"]
@@ -119,15 +119,3 @@ def global_removal_counts(layers: Sequence[PrunableLayer], count: int) -> list[i
     ])
     chosen = torch.argsort(alive_scores, stable=True)[:count]
     return [int(n) for n in torch.bincount(owner[chosen], minlength=len(layers))]
-
-
-def layer_stats(model: nn.Module, prunable: set[str]) -> list[dict[str, Any]]:
-    """Returns the report's per-layer facts for every Conv/Linear weight: params, nonzero, density."""
-    stats = []
-    for name, kind, weight in weight_layers(model):
-        params, nonzero = weight.numel(), int(torch.count_nonzero(weight))
-        stats.append({
-            "name": name, "kind": kind, "params": params, "nonzero": nonzero,
-            "density": nonzero / params, "prunable": name in prunable,
-        })
-    return stats

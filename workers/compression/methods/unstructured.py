@@ -15,16 +15,13 @@ import torch
 from torch import nn
 
 from workers.compression.config import MagnitudeOptions, WeightMomOptions
+from workers.compression.measure import count_params
 from workers.compression.methods.base import MethodResult, PruneContext, StepHooks
-from workers.compression.methods.masks import (
-    PrunableLayer,
-    global_removal_counts,
-    layer_stats,
-    select_prunable,
-)
+from workers.compression.methods.masks import PrunableLayer, global_removal_counts, select_prunable
 from workers.compression.methods.quota import layer_quotas
 from workers.compression.methods.registry import register
 from workers.compression.methods.schedule import Schedule, make_schedule
+from workers.compression.report import default_layers
 
 __all__ = [
     "MAGNITUDE", "MIN_KEEP", "WEIGHTMOM", "GradualPruningHooks", "UnstructuredMethod", "resolve_beta_gamma",
@@ -173,11 +170,11 @@ class UnstructuredMethod:
     ) -> MethodResult:
         """Builds the report from the model's weights as they are (a resumed, finished job has no masks)."""
         prunable = {layer.name for layer in layers}
-        stats = layer_stats(ctx.model, prunable)
-        prunable_params = sum(s["params"] for s in stats if s["prunable"])
+        stats = [{**row, "prunable": row["name"] in prunable} for row in default_layers(ctx.model)]
+        prunable_params = sum(s["params"] for s in stats if s["prunable"])  # minus exclude_layers
         prunable_nonzero = sum(s["nonzero"] for s in stats if s["prunable"])
-        params = sum(p.numel() for p in ctx.model.parameters())
-        nonzero = sum(int(torch.count_nonzero(p)) for p in ctx.model.parameters())
+        counts = count_params(ctx.model)
+        params, nonzero = counts.params, counts.nonzero_params
         schedule = hooks.schedule
         report = {
             "beta": hooks.beta, "gamma": hooks.gamma, "interval": schedule.interval,
