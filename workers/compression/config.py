@@ -98,6 +98,13 @@ class MagnitudeOptions(_Strict):
     t_end: UnitInterval = 0.6
     exclude_layers: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _ramp_in_order(self) -> MagnitudeOptions:
+        """Rejects a pruning ramp that ends before it starts, at submit time rather than mid-job."""
+        if self.t0 > self.t_end:
+            raise ValueError(f"t0 ({self.t0}) must not exceed t_end ({self.t_end})")
+        return self
+
 
 class WeightMomOptions(MagnitudeOptions):
     """WeightMom: EMA-of-|w| scores and relative-sparsity layer quotas (see specs/weightmom.md)."""

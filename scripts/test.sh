@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs lint, types and the whole suite (integration and e2e included).
+# Integration tests use PostgreSQL on 127.0.0.1:5432 (db `test`), Redis on 127.0.0.1:6379, and a SeaweedFS
+# S3 server the tests start themselves; with CI=true a missing service fails the run instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/python -m pytest -q "$@"
