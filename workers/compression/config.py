@@ -51,7 +51,9 @@ class Target(_Strict):
         """Rejects a target that names none or several goals."""
         given = [name for name, value in self.model_dump().items() if value is not None]
         if len(given) != 1:
-            raise ValueError(f"target needs exactly one of sparsity, pruning_ratio, flops_reduction; got {given}")
+            raise ValueError(
+                f"target needs exactly one of sparsity, pruning_ratio, flops_reduction; got {given}"
+            )
         return self
 
     @property
@@ -163,7 +165,9 @@ class JobConfig(_Strict):
         """Checks that the target suits the method and that `options` are the method's own."""
         allowed = METHOD_TARGETS[self.method]
         if self.target.kind not in allowed:
-            raise ValueError(f"method {self.method!r} takes a target of {sorted(allowed)}, not {self.target.kind!r}")
+            raise ValueError(
+                f"method {self.method!r} takes a target of {sorted(allowed)}, not {self.target.kind!r}"
+            )
         try:
             METHOD_OPTIONS[self.method].model_validate(self.options)
         except ValidationError as exc:

@@ -71,7 +71,7 @@ class ExportMismatch(UserError):
     code = "export_mismatch"
 
 
-class JobStopped(Exception):  # noqa: N818 - a control-flow signal, not an error
+class JobStopped(Exception):
     """Raised from a progress callback to stop the engine at a step boundary (cancel, lost lease, SIGTERM)."""
 
     def __init__(self, reason: str) -> None:
