@@ -16,7 +16,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Literal
 
-from workers.compression.errors import InvalidDataset, UnsupportedModelFormat
+from workers.compression.errors import InvalidDataset, InvalidModel, UnsupportedModelFormat
 
 __all__ = [
     "HEAD_BYTES",
@@ -93,6 +93,9 @@ def _sniff_plain_model(head: bytes) -> ModelFormat:
     """Classifies a non-ZIP model head: safetensors, ONNX, or a refusal saying what it looks like."""
     if _is_safetensors(head):
         return "safetensors"
+    if len(head) >= 9 and head[8:9] == b"{":
+        raise InvalidModel(f"the safetensors header declares {struct.unpack_from('<Q', head)[0]} bytes; "
+                           f"the limit is {MAX_SAFETENSORS_HEADER}")
     if _is_onnx(head):
         return "onnx"
     if _is_pickle(head):
@@ -200,7 +203,7 @@ def _is_onnx(head: bytes) -> bool:
             return False
         if tag & 7 == 2:
             at += value  # skip the field's bytes; the head may end inside it
-    return bool(seen & {1, 7})
+    return 7 in seen  # the graph: it follows only small fields, so it starts inside any real head
 
 
 def _varint(data: bytes, at: int) -> tuple[int | None, int]:

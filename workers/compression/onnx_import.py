@@ -1,0 +1,250 @@
+"""ONNX uploads: validate the graph as untrusted data, then convert it to a trainable torch module.
+
+`read_onnx`, `signature` and `onnx_input_shape` need only `onnx` (no torch), so a caller can learn a
+model's input shape cheaply; `to_torch` imports torch and onnx2torch when it runs. onnx2torch imports
+torchvision for its NMS/RoiAlign converters; without a working torchvision a stub stands in while it
+imports, and graphs using those two ops are refused as `unsupported_op`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from workers.compression.errors import InvalidModel, UnsupportedOp
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "MAX_ONNX_BYTES",
+    "onnx_input_shape",
+    "read_onnx",
+    "signature",
+    "to_torch",
+]
+
+MAX_ONNX_BYTES = 1 << 30  # one file, all weights inside; protobuf itself stops at 2 GiB
+MAX_NODES = 20_000  # counted over every (sub)graph
+MAX_INITIALIZERS = 20_000
+MAX_DIM = 1 << 24  # any one tensor dimension
+MAX_TENSOR_ELEMENTS = 1 << 28  # 1 GiB of float32 in one tensor
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+_TORCHVISION_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})  # onnx2torch runs these with torchvision
+
+
+def read_onnx(path: Path) -> onnx.ModelProto:
+    """Parses and validates an ONNX file (size, domains, no external data, bounded graph, checker)."""
+    size = path.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        raise InvalidModel(f"the ONNX file has {size} bytes; the limit is {MAX_ONNX_BYTES}")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(path.read_bytes())
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InvalidModel(f"the file is not a readable ONNX model (truncated or corrupt: {exc})") from None
+    _validate(model)
+    return model
+
+
+def signature(model: onnx.ModelProto) -> tuple[tuple[int | None, ...], int | None]:
+    """Returns (one sample's input shape without the batch dim, class count); None marks a symbolic dim."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise InvalidModel(f"the model must have one input and one output (class logits); it has "
+                           f"{len(inputs)} inputs and {len(model.graph.output)} outputs")
+    tensor = inputs[0].type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        raise InvalidModel(f"the model's input is {onnx.TensorProto.DataType.Name(tensor.elem_type)}; "
+                           "it must take float32 images or features")
+    dims = _dims(tensor.shape)
+    if len(dims) < 2:
+        raise InvalidModel(f"the model's input has rank {len(dims)}; it must be (batch, ...) with rank >= 2")
+    out = _dims(model.graph.output[0].type.tensor_type.shape)
+    return tuple(dims[1:]), out[-1] if len(out) == 2 else None
+
+
+def _dims(shape: onnx.TensorShapeProto) -> list[int | None]:
+    """Returns a tensor shape's dims, None for symbolic or unknown ones."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+def onnx_input_shape(path: Path) -> tuple[int | None, ...]:
+    """Returns a validated ONNX file's sample input shape (no batch dim; None if symbolic), without torch."""
+    return signature(read_onnx(path))[0]
+
+
+def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
+    """Converts a validated model with onnx2torch and proves it runs on a zero batch of 2; float32, eval."""
+    import torch
+
+    onnx2torch, stubbed = _onnx2torch()
+    _check_convertible(model, stubbed)
+    try:
+        module: nn.Module = onnx2torch.convert(_prepared(model))
+    except NotImplementedError as exc:
+        raise UnsupportedOp(f"the ONNX graph cannot be converted for training: {exc}") from None
+    except Exception as exc:  # onnx2torch raises bare errors of many kinds on graphs it cannot map
+        raise InvalidModel(f"the ONNX graph could not be converted to a trainable model: {exc}") from None
+    module = module.float().eval()
+    hint = "export it with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'b'}}))"
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(2, *input_shape))
+    except UnsupportedOp:
+        raise
+    except Exception as exc:  # any failure of the converted graph means it is unusable
+        raise InvalidModel(f"the converted model fails on a batch of 2 inputs of shape {input_shape} "
+                           f"({exc}); if it was exported for batch size 1, {hint}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InvalidModel(f"the model must output class logits of shape (batch, classes); it gave {shape}")
+    if out.shape[0] != 2:
+        raise InvalidModel(f"a batch of 2 inputs gave {out.shape[0]} rows of logits: the graph hard-codes "
+                           f"its batch size; {hint}")
+    return module
+
+
+def _validate(model: onnx.ModelProto) -> None:
+    """Refuses external data, custom domains and local functions, oversized graphs, and checker failures."""
+    domains = {o.domain for o in model.opset_import} - STANDARD_DOMAINS
+    if domains or model.functions:
+        what = f"custom operator domains {sorted(domains)}" if domains else "model-local functions"
+        raise UnsupportedOp(f"the model uses {what}; only standard ONNX operators are supported")
+    nodes = 0
+    for graph in _graphs(model.graph):
+        nodes += len(graph.node)
+        for node in graph.node:
+            if node.domain not in STANDARD_DOMAINS:
+                raise UnsupportedOp(f"node {node.name!r} uses operator {node.domain}::{node.op_type}; "
+                                    "only standard ONNX operators are supported")
+    initializers = len(model.graph.initializer) + len(model.graph.sparse_initializer)
+    if nodes > MAX_NODES or initializers > MAX_INITIALIZERS:
+        raise InvalidModel(f"the graph has {nodes} nodes and {initializers} initializers; the limits are "
+                           f"{MAX_NODES} and {MAX_INITIALIZERS}")
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0:
+            raise InvalidModel(f"tensor {tensor.name!r} refers to external data; upload a single ONNX file "
+                               "with all weights inside (onnx.save_model(..., save_as_external_data=False))")
+        if any(d < 0 or d > MAX_DIM for d in tensor.dims) or math.prod(tensor.dims) > MAX_TENSOR_ELEMENTS:
+            raise InvalidModel(f"tensor {tensor.name!r} has dims {list(tensor.dims)}, beyond the limits "
+                               f"({MAX_DIM} per dim, {MAX_TENSOR_ELEMENTS} elements)")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # checker and shape inference raise several unrelated types
+        raise InvalidModel(f"the ONNX checker refused the model: {exc}") from None
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """Yields a graph and every subgraph nested in its nodes' attributes (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _graphs(sub)
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Yields every tensor stored anywhere in the model: initializers, sparse ones, node attributes."""
+    for g in _graphs(graph):
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                for sparse in [attr.sparse_tensor] if attr.HasField("sparse_tensor") else attr.sparse_tensors:
+                    yield from (sparse.values, sparse.indices)
+
+
+def _check_convertible(model: onnx.ModelProto, stubbed: bool) -> None:
+    """Raises UnsupportedOp naming every operator onnx2torch cannot convert (or lacks torchvision for)."""
+    from onnx2torch.node_converters import get_converter
+
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+    missing = set()
+    for node in model.graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if stubbed and node.op_type in _TORCHVISION_OPS:
+            missing.add(f"{node.op_type} (needs torchvision)")
+            continue
+        try:
+            get_converter(node.op_type, opsets.get(domain, 1), domain)
+        except NotImplementedError:
+            missing.add(f"{domain + '::' if domain else ''}{node.op_type} (opset {opsets.get(domain, 1)})")
+    if missing:
+        raise UnsupportedOp(f"the model uses operators the engine cannot train: {', '.join(sorted(missing))}")
+
+
+def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Returns a copy in the form onnx2torch expects: "ai.onnx" spelled "", and weights as initializers.
+
+    torch's exporter deduplicates equal initializers (e.g. the zero biases of folded BatchNorms) into
+    Identity nodes over one of them; onnx2torch needs a Conv's weight and bias to be initializers.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for opset in copy.opset_import:
+        if opset.domain == "ai.onnx":
+            opset.domain = ""
+    graph = copy.graph
+    outputs = {o.name for o in graph.output}
+    initializers = {t.name: t for t in graph.initializer}
+    kept = []
+    for node in graph.node:  # topologically sorted, so chains of Identity resolve in one pass
+        if node.domain == "ai.onnx":
+            node.domain = ""
+        source = node.input[0] if node.op_type == "Identity" and node.input else ""
+        if source in initializers and node.output[0] not in outputs:
+            alias = onnx.TensorProto()
+            alias.CopyFrom(initializers[source])
+            alias.name = node.output[0]
+            graph.initializer.append(alias)
+            initializers[alias.name] = alias
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return copy
+
+
+@functools.cache
+def _onnx2torch() -> tuple[Any, bool]:
+    """Imports onnx2torch, with a torchvision stub when torchvision is absent or broken; (module, stubbed)."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # absent, or built for another torch: any import failure means "not usable"
+        usable = False
+    else:
+        usable = True
+    if usable:
+        return importlib.import_module("onnx2torch"), False
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]  # half-imported leftovers of a broken install
+    stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+    for op in ("nms", "batched_nms", "box_convert", "roi_align"):
+        setattr(ops, op, _needs_torchvision)
+    stub.ops = ops  # type: ignore[attr-defined]
+    sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
+    try:
+        return importlib.import_module("onnx2torch"), True
+    finally:  # only onnx2torch keeps the stub; nobody else must mistake it for torchvision
+        del sys.modules["torchvision"], sys.modules["torchvision.ops"]
+
+
+def _needs_torchvision(*_args: object, **_kwargs: object) -> NoReturn:
+    """Stands in for torchvision.ops functions when torchvision is not installed."""
+    raise UnsupportedOp("this model uses NonMaxSuppression or RoiAlign, which need torchvision; "
+                        "it is not available to the engine")
