@@ -7,10 +7,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_session_factory", "normalize_url", "session_scope"]
+__all__ = ["make_engine", "make_session_factory", "normalize_url", "ping_database", "session_scope"]
 
 
 def normalize_url(url: str) -> str:
@@ -67,3 +67,9 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def ping_database(engine: Engine) -> None:
+    """Runs `SELECT 1`; raises when the database cannot answer (readiness probe)."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -16,6 +17,21 @@ __all__ = ["PART_SIZE", "S3Store", "make_s3_client"]
 
 PART_SIZE = 8 * 1024 * 1024  # multipart part size (S3's minimum is 5 MiB for all parts but the last)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turns boto3 failures (unreachable endpoint, denied, …) into StorageError, mapped to a 503."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"object store request failed: {exc}") from exc
+
+    return wrapper
 
 
 def make_s3_client(endpoint_url: str | None, region: str) -> Any:
@@ -45,6 +61,7 @@ class _S3Writer(ObjectWriter):
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
 
+    @_storage_errors
     def _write(self, data: bytes) -> None:
         """Adds to the buffer and sends every full part."""
         self._buffer += data
@@ -62,6 +79,7 @@ class _S3Writer(ObjectWriter):
                                         PartNumber=number, Body=body)
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
 
+    @_storage_errors
     def _commit(self) -> None:
         """Sends what is left: one PUT for a small object, else the last part and the completion."""
         if self._upload_id is None:
@@ -74,6 +92,7 @@ class _S3Writer(ObjectWriter):
                 MultipartUpload={"Parts": self._parts})
         self._buffer.clear()
 
+    @_storage_errors
     def abort(self) -> None:
         """Drops the buffer and aborts a started multipart upload, so no parts are billed or left."""
         self._buffer.clear()
@@ -94,6 +113,7 @@ class S3Store(ObjectStore):
         """Returns the bucket key of an object key (checked, then prefixed)."""
         return self._prefix + check_key(key)
 
+    @_storage_errors
     def _get(self, key: str, **extra: Any) -> Any:
         """GETs an object (or a range of it); ObjectNotFound when it is missing."""
         try:
@@ -107,11 +127,13 @@ class S3Store(ObjectStore):
         """Starts a (multipart) upload of `key`."""
         return _S3Writer(self._client, self._bucket, self._key(key))
 
+    @_storage_errors
     def open_stream(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         """Starts the GET now (so a missing object raises here) and yields the body in chunks."""
         body = self._get(key)["Body"]
         return iter(body.iter_chunks(chunk_size))
 
+    @_storage_errors
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """Reads `length` bytes from `start` with an HTTP Range request."""
         if length <= 0:
@@ -119,6 +141,7 @@ class S3Store(ObjectStore):
         data: bytes = self._get(key, Range=f"bytes={start}-{start + length - 1}")["Body"].read()
         return data
 
+    @_storage_errors
     def size(self, key: str) -> int:
         """Returns the object's size from a HEAD request."""
         try:
@@ -137,10 +160,12 @@ class S3Store(ObjectStore):
             return False
         return True
 
+    @_storage_errors
     def delete(self, key: str) -> None:
         """Deletes the object (S3 deletes of missing keys succeed)."""
         self._client.delete_object(Bucket=self._bucket, Key=self._key(key))
 
+    @_storage_errors
     def delete_prefix(self, prefix: str) -> None:
         """Deletes every object under the folder prefix, 1000 keys per request."""
         if not prefix.endswith("/"):
@@ -159,6 +184,7 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"bucket {self._bucket!r} is not reachable: {exc}") from exc
 
+    @_storage_errors
     def presigned_get(self, key: str, expires_s: int) -> str | None:
         """Returns a GET-only URL valid for `expires_s` seconds."""
         url: str = self._presign.generate_presigned_url(

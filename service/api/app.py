@@ -1,0 +1,59 @@
+"""The FastAPI app factory: settings in, wired app out (nothing is built at import time)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from service.api.deps import AppContext
+from service.api.errors import install_error_handlers
+from service.api.routes_health import router as health_router
+from service.api.routes_jobs import router as jobs_router
+from service.db.migrate import upgrade_head
+from service.db.session import make_engine, make_session_factory
+from service.jobs.service import JobService
+from service.queue import make_celery
+from service.settings import Settings, get_settings
+from service.storage import make_store
+
+__all__ = ["build_context", "create_app"]
+
+DESCRIPTION = """Prune, finetune and verify a trained model; download it as ONNX with a report.
+
+POST a model (ONNX, or safetensors weights of a built-in architecture) and a dataset to `/jobs`, poll
+`/jobs/{id}`, then download `/jobs/{id}/artifacts/model.onnx` and `/jobs/{id}/report`. Errors are always
+`{"error": {"code": "...", "message": "..."}}`.
+"""
+
+
+def build_context(settings: Settings) -> AppContext:
+    """Wires the engine, store, broker producer and job service the settings describe."""
+    engine = make_engine(settings.database_url, connect_timeout_s=settings.db_connect_timeout_s,
+                         statement_timeout_s=settings.db_statement_timeout_s)
+    store = make_store(settings)
+    celery = make_celery(settings)
+    jobs = JobService(settings=settings, sessions=make_session_factory(engine), store=store, celery=celery)
+    return AppContext(settings=settings, engine=engine, store=store, celery=celery, jobs=jobs)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the API; on startup it migrates the database when the settings ask (SQLite by default)."""
+    context = build_context(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """Migrates (embedded default) before serving; releases DB connections at shutdown."""
+        if context.settings.migrate_at_startup:
+            await anyio.to_thread.run_sync(upgrade_head, context.engine)
+        yield
+        context.engine.dispose()
+
+    app = FastAPI(title="Secateur", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.context = context
+    install_error_handlers(app)
+    app.include_router(jobs_router)
+    app.include_router(health_router)
+    return app

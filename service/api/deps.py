@@ -1,0 +1,62 @@
+"""Request dependencies: the app's wired services and the caller's tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+
+from service.errors import Unauthorized
+from service.jobs.service import JobService
+from service.settings import Settings
+from service.storage.base import ObjectStore
+
+__all__ = [
+    "OPEN_TENANT",
+    "AppContext",
+    "ContextDep",
+    "JobsDep",
+    "TenantDep",
+    "get_context",
+    "get_jobs",
+    "get_tenant",
+]
+
+OPEN_TENANT = "public"
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """Everything the routes need, built once by `create_app` from the settings."""
+
+    settings: Settings
+    engine: Engine
+    store: ObjectStore
+    celery: Celery
+    jobs: JobService
+
+
+def get_context(request: Request) -> AppContext:
+    """Returns the app's context."""
+    context: AppContext = request.app.state.context
+    return context
+
+
+def get_jobs(context: Annotated[AppContext, Depends(get_context)]) -> JobService:
+    """Returns the job service."""
+    return context.jobs
+
+
+def get_tenant(context: Annotated[AppContext, Depends(get_context)]) -> str:
+    """Returns the caller's tenant: "public" when auth is open; API keys (auth=keys) come with issue 6."""
+    if context.settings.auth == "open":
+        return OPEN_TENANT
+    raise Unauthorized("this server requires an API key (Authorization: Bearer <key>)")
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,0 +1,134 @@
+"""The /jobs routes: a few lines each, delegating to the job service (which owns the transactions)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import JobsDep, TenantDep
+from service.api.uploads import receive_job_upload
+from service.db.models import new_job_id, utcnow
+from service.jobs.schemas import ErrorBody, JobOut, JobPage, job_out
+
+__all__ = ["router"]
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+ArtifactName = Literal["model.onnx", "model.onnx.zst"]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Documents error responses (all in the `{"error": {...}}` shape) for OpenAPI."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+_CONFIG_EXAMPLE = ('{"method": "l1", "architecture": "resnet20", "target": {"pruning_ratio": 0.5}, '
+                   '"finetune": {"epochs": 1}}')
+# The body is parsed from the stream by hand (service/api/uploads.py), so its schema is declared here.
+_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model", "dataset", "config"],
+                    "properties": {
+                        "model": {"type": "string", "format": "binary",
+                                  "description": "ONNX, or safetensors weights of `config.architecture`"},
+                        "dataset": {"type": "string", "format": "binary",
+                                    "description": ".npz (x_train, y_train, x_val, y_val) or an image-folder "
+                                                   ".zip/.tar/.tar.gz (train/<class>/, val/<class>/)"},
+                        "config": {"type": "string", "description": "the job config as a JSON string",
+                                   "example": _CONFIG_EXAMPLE},
+                    },
+                },
+                "encoding": {"config": {"contentType": "application/json"}},
+                "example": {"model": "<cifar10_resnet20.safetensors>", "dataset": "<cifar10_subset.npz>",
+                            "config": _CONFIG_EXAMPLE},
+            }
+        },
+    }
+}
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=_UPLOAD_OPENAPI,
+             responses=_errors(400, 401, 409, 413, 415, 422, 503))
+async def create_job(
+    request: Request,
+    response: Response,
+    jobs: JobsDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    """Submits a job: streams the model and dataset to storage, checks them and the config, queues it."""
+    job_id = new_job_id()
+    upload = await receive_job_upload(request, jobs=jobs, tenant=tenant, job_id=job_id)
+    job, created = await run_in_threadpool(
+        lambda: jobs.submit(tenant=tenant, job_id=job_id, config_text=upload.config_text, model=upload.model,
+                            dataset=upload.dataset, idempotency_key=idempotency_key))
+    response.headers["Location"] = f"/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_out(job, utcnow())
+
+
+@router.get("", response_model=JobPage, responses=_errors(401, 422, 503))
+def list_jobs(
+    jobs: JobsDep,
+    tenant: TenantDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobPage:
+    """Lists the caller's jobs, newest first; follow `next_cursor` for older ones."""
+    page, next_cursor = jobs.list(tenant=tenant, status=status, limit=limit, cursor=cursor)
+    now = utcnow()
+    return JobPage(jobs=[job_out(job, now) for job in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=_errors(401, 404, 503))
+def get_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> JobOut:
+    """Returns a job: status, stage, progress with ETA, metrics, error, timestamps and links."""
+    return job_out(jobs.get(tenant=tenant, job_id=job_id), utcnow())
+
+
+@router.get("/{job_id}/report",
+            responses={200: {"content": {"application/json": {}}}, **_errors(401, 404, 409, 503)})
+def get_report(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
+    """Returns the report.json of a succeeded job (409 not_ready before that)."""
+    return Response(jobs.report(tenant=tenant, job_id=job_id), media_type="application/json")
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       307: {"description": "redirect to a short-lived presigned URL (S3)"},
+                       **_errors(401, 404, 409, 503)})
+def get_artifact(job_id: str, name: ArtifactName, jobs: JobsDep, tenant: TenantDep) -> Response:
+    """Downloads model.onnx or model.onnx.zst: streamed, or a 307 to a presigned URL on S3."""
+    download = jobs.artifact(tenant=tenant, job_id=job_id, name=name)
+    if download.url is not None:
+        return RedirectResponse(download.url, status_code=307)
+    assert download.chunks is not None
+    headers = {"Content-Length": str(download.size),
+               "Content-Disposition": f'attachment; filename="{download.name}"'}
+    return StreamingResponse(download.chunks, media_type="application/octet-stream", headers=headers)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut,
+             responses=_errors(401, 404, 409, 503))
+def cancel_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> JobOut:
+    """Cancels a job: a queued one at once, a running one at its next step boundary."""
+    return job_out(jobs.cancel(tenant=tenant, job_id=job_id), utcnow())
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_errors(401, 404, 409, 503))
+def delete_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
+    """Deletes a finished job and all its files (409 not_finished while it runs)."""
+    jobs.delete(tenant=tenant, job_id=job_id)
+    return Response(status_code=204)

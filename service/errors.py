@@ -1,0 +1,80 @@
+"""The service's error hierarchy: each error names its HTTP status and a stable code (see api/errors.py).
+
+Engine refusals (`workers.compression.errors.UserError`: invalid_model, invalid_config, …) are used as they
+are; these classes cover what only the service can refuse.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceError",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+]
+
+
+class ServiceError(Exception):
+    """Base of every deliberate service error: `status` for HTTP, `code` for code, `message` for people."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ServiceError):
+    """The request body is malformed (e.g. a broken multipart stream)."""
+
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ServiceError):
+    """No valid credentials were presented."""
+
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ServiceError):
+    """No such resource for this caller (another tenant's job looks exactly the same)."""
+
+    status, code = 404, "not_found"
+
+
+class Conflict(ServiceError):
+    """The resource's state forbids the action (codes: not_ready, already_finished, not_finished, …)."""
+
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body (or one part of it) crossed its size limit."""
+
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request is not of a content type this endpoint reads."""
+
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidRequest(ServiceError):
+    """The request is well-formed but asks for something invalid (missing part, bad cursor, …)."""
+
+    status, code = 422, "invalid_request"
+
+
+class Unavailable(ServiceError):
+    """A dependency (database, broker, storage) cannot be reached right now; retrying later may work."""
+
+    status, code = 503, "service_unavailable"

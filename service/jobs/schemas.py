@@ -1,0 +1,106 @@
+"""The API's JSON shapes for jobs (responses and errors), built from rows in one place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.db.models import Job
+from service.jobs.states import ACTIVE, TERMINAL
+
+__all__ = ["ErrorBody", "ErrorOut", "JobLinks", "JobOut", "JobPage", "ProgressOut", "job_out"]
+
+
+class ErrorOut(BaseModel):
+    """A machine-readable code and a message a person can act on."""
+
+    code: str = Field(examples=["invalid_model"])
+    message: str = Field(examples=["the model file is neither ONNX nor safetensors"])
+
+
+class ErrorBody(BaseModel):
+    """Every error response: `{"error": {"code", "message"}}`."""
+
+    error: ErrorOut
+
+
+class ProgressOut(BaseModel):
+    """How far a job is: fraction of the whole job, training epoch and step, estimated seconds left."""
+
+    fraction: float = 0.0
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    eta_s: float | None = None
+
+
+class JobLinks(BaseModel):
+    """Where to go next; a link is null while its target does not exist (e.g. the model before success)."""
+
+    self: str
+    report: str | None
+    model: str | None
+    model_zst: str | None
+    events: str
+    cancel: str | None
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    status: str = Field(examples=["running"])
+    stage: str | None = Field(examples=["finetuning"])
+    progress: ProgressOut
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    error: ErrorOut | None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next (null at the end)."""
+
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+def _eta_s(job: Job, fraction: float, now: datetime) -> float | None:
+    """Estimates seconds left from the fraction done and the running time so far (None when unknown)."""
+    if job.status not in ACTIVE or job.started_at is None or not 0.0 < fraction < 1.0:
+        return None
+    elapsed = (now - job.started_at).total_seconds()
+    return round(max(0.0, elapsed * (1.0 - fraction) / fraction), 1)
+
+
+def job_out(job: Job, now: datetime) -> JobOut:
+    """Builds the API view of a job row at time `now`."""
+    raw = job.progress or {}
+    fraction = float(raw.get("fraction", 1.0 if job.status == "succeeded" else 0.0))
+    progress = ProgressOut(
+        fraction=fraction,
+        epoch=int(raw.get("epoch", 0)),
+        epochs=int(raw.get("epochs", 0)),
+        step=int(raw.get("step", 0)),
+        eta_s=_eta_s(job, fraction, now),
+    )
+    base = f"/jobs/{job.id}"
+    done = job.status == "succeeded"
+    links = JobLinks(
+        self=base,
+        report=f"{base}/report" if done else None,
+        model=f"{base}/artifacts/model.onnx" if done else None,
+        model_zst=f"{base}/artifacts/model.onnx.zst" if done else None,
+        events=f"{base}/events",
+        cancel=None if job.status in TERMINAL else f"{base}/cancel",
+    )
+    error = ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    return JobOut(id=job.id, status=job.status, stage=job.stage, progress=progress, config=job.config,
+                  metrics=job.metrics, error=error, attempt=job.attempt, created_at=job.created_at,
+                  started_at=job.started_at, finished_at=job.finished_at, links=links)
