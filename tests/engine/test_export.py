@@ -1,0 +1,125 @@
+"""ONNX export: plain weights, checker-clean, dynamic batch, verified parity, and no artifact when wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import zstandard
+from onnx import numpy_helper
+from torch import nn
+from torch.nn.utils import prune
+
+from tests.engine.conftest import IMAGE_SHAPE, TinyResNet
+from workers.compression.datasets import DatasetBundle
+from workers.compression.errors import ExportMismatch
+from workers.compression.export import (
+    IR_VERSION,
+    OPSET,
+    export_onnx,
+    finalize,
+    ort_session,
+    verify,
+    write_zstd,
+)
+
+CPU = torch.device("cpu")
+
+
+class TraceTrap(nn.Module):
+    """Branches on the data: tracing with zeros records one branch, real data takes the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyResNet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the logits, negated when the batch mean is positive (a trace cannot capture this)."""
+        logits: torch.Tensor = self.net(x)
+        return -logits if float(x.mean()) > 0.0 else logits
+
+
+def test_export_is_checker_clean_with_dynamic_batch(tmp_path: Path, trained_cnn: TinyResNet) -> None:
+    """The file has the pinned opset and IR version, passes onnx.checker, and runs at any batch size."""
+    path = tmp_path / "m.onnx"
+    export_onnx(trained_cnn, IMAGE_SHAPE, path)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.ir_version == IR_VERSION
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
+    session = ort_session(path, threads=1)
+    for batch in (1, 5):
+        x = torch.randn(batch, *IMAGE_SHAPE)
+        (out,) = session.run(None, {"input": x.numpy()})
+        assert out.shape == (batch, 4)
+        np.testing.assert_allclose(out, trained_cnn(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_verify_passes_on_the_whole_validation_split(
+    tmp_path: Path, trained_cnn: TinyResNet, image_data: DatasetBundle,
+) -> None:
+    """Torch and onnxruntime agree: same accuracy, logits well within tolerance, over every val sample."""
+    path = tmp_path / "m.onnx"
+    export_onnx(trained_cnn, IMAGE_SHAPE, path)
+    result = verify(trained_cnn, path, image_data, device=CPU, threads=1)
+    assert result.passed
+    assert result.samples == image_data.x_val.shape[0]
+    assert result.torch_accuracy == result.ort_accuracy
+    assert result.torch_accuracy > 0.8  # the trained model, not an untrained one: agreement means something
+    assert result.max_abs_diff < 1e-4
+    report = result.as_report()
+    assert report["passed"] is True
+    assert set(report["tolerance"]) == {"atol", "rtol", "top1_points"}
+
+
+def test_a_wrong_export_raises_and_leaves_no_files(tmp_path: Path, image_data: DatasetBundle) -> None:
+    """A trace that silently differs from eager PyTorch is caught; the .onnx and .zst are deleted."""
+    torch.manual_seed(0)
+    model = TraceTrap().eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, IMAGE_SHAPE, path)
+    write_zstd(path, tmp_path / "model.onnx.zst")
+    with pytest.raises(ExportMismatch, match="does not reproduce"):
+        verify(model, path, image_data, device=CPU, threads=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unloadable_file_is_an_export_mismatch(tmp_path: Path, image_data: DatasetBundle) -> None:
+    """A corrupt ONNX file fails verification with the typed error and is removed."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x0a not a model")
+    with pytest.raises(ExportMismatch, match="onnxruntime cannot run"):
+        verify(TinyResNet(), path, image_data, device=CPU, threads=1)
+    assert not path.exists()
+
+
+def test_finalize_strips_reparametrization_and_negative_zeros(tmp_path: Path) -> None:
+    """torch.nn.utils.prune masks are folded into plain weights, and -0.0 becomes +0.0 in the ONNX file."""
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    prune.l1_unstructured(model.conv1, name="weight", amount=0.5)  # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        model.conv2.weight.mul_(model.conv2.weight > 0)  # w * mask: negative weights become -0.0
+    assert torch.signbit(model.conv2.weight[model.conv2.weight == 0]).any()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, IMAGE_SHAPE, path)
+    initializers = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    assert not any(np.signbit(a[a == 0]).any() for a in initializers if a.dtype == np.float32)
+    finalize(model)
+    assert not hasattr(model.conv1, "weight_orig")
+    assert isinstance(model.conv1.weight, nn.Parameter)
+    assert int((model.conv1.weight == 0).sum()) == model.conv1.weight.numel() // 2
+    assert not torch.signbit(model.conv2.weight[model.conv2.weight == 0]).any()
+
+
+def test_zstd_copy_round_trips(tmp_path: Path, trained_cnn: TinyResNet) -> None:
+    """The .zst file decompresses to the exact ONNX bytes and reports its own size."""
+    path = tmp_path / "m.onnx"
+    export_onnx(trained_cnn, IMAGE_SHAPE, path)
+    size = write_zstd(path, tmp_path / "m.onnx.zst")
+    blob = (tmp_path / "m.onnx.zst").read_bytes()
+    assert size == len(blob)
+    assert zstandard.ZstdDecompressor().decompress(blob) == path.read_bytes()
