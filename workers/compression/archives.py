@@ -1,0 +1,245 @@
+"""Image-folder archives (`.zip`, `.tar`, `.tar.gz`) read member by member as untrusted data.
+
+Layout: `[root/]train/<class>/*.png|jpg` and `[root/]val/<class>/...`. Nothing is ever extracted to disk:
+each member is checked (name, type, size, compression ratio) before its bytes are read into memory, and
+each image's declared size is checked before Pillow decodes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import stat
+import tarfile
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BufferedIOBase, BytesIO
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from workers.compression.errors import InvalidDataset
+
+__all__ = ["DEFAULT_LIMITS", "ArchiveLimits", "read_image_folder"]
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+_ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".npz"})
+_SPLITS = ("train", "val")
+_MODES = {"L": "L", "1": "L", "RGB": "RGB", "P": "RGB"}  # stored mode -> the mode we train on
+_RATIO_FLOOR = 1 << 20  # below this many bytes a stream's compression ratio is not judged yet
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Bounds on what one archive may make the worker read and decode."""
+
+    max_members: int = 500_000
+    max_member_bytes: int = 32 << 20  # one stored file
+    max_total_bytes: int = 4 << 30  # all stored files, uncompressed
+    max_ratio: float = 200.0  # uncompressed / compressed, per ZIP member and over a .tar.gz stream
+    max_image_pixels: int = 4096 * 4096  # one decoded image
+    max_decoded_bytes: int = 4 << 30  # all decoded images
+
+
+DEFAULT_LIMITS = ArchiveLimits()
+
+
+def read_image_folder(
+    path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimits = DEFAULT_LIMITS,
+) -> Arrays:
+    """Returns (x_train, y_train, x_val, y_val): uint8 (N, C, H, W) images and int64 labels by class name."""
+    found: dict[str, list[tuple[str, str, np.ndarray]]] = {split: [] for split in _SPLITS}
+    decoded, shape = 0, None
+    members = _zip_members(path, limits) if kind == "zip" else _tar_members(path, kind == "tar.gz", limits)
+    with _pixel_cap(limits.max_image_pixels):
+        for name, data in members:
+            place = _place(name)
+            if place is None:
+                continue
+            array = _decode(name, data, limits)
+            if shape is None:
+                shape = array.shape
+            elif array.shape != shape:
+                raise InvalidDataset(f"{name} is {_describe(array.shape)} but earlier images are "
+                                     f"{_describe(shape)}; all images must share one size and mode")
+            decoded += array.nbytes
+            if decoded > limits.max_decoded_bytes:
+                raise InvalidDataset(f"the decoded images exceed {limits.max_decoded_bytes} bytes")
+            found[place[0]].append((place[1], name, array))
+    return _arrays(found)
+
+
+def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
+    """Yields (name, bytes) of a ZIP's regular files after checking each entry's name, type and sizes."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidDataset(f"the ZIP archive is corrupt ({exc})") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > limits.max_members:
+            raise InvalidDataset(f"the archive has {len(infos)} members; the limit is {limits.max_members}")
+        if len({i.filename for i in infos}) != len(infos):
+            raise InvalidDataset("the archive lists the same member name twice")
+        total = 0
+        for info in infos:
+            _check_name(info.filename)
+            kind = stat.S_IFMT(info.external_attr >> 16)  # Unix file type; 0 when written without one
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise InvalidDataset(f"{info.filename} is a link or special file; only plain files are "
+                                     "allowed")
+            if info.is_dir():
+                continue
+            if info.flag_bits & 0x1:
+                raise InvalidDataset(f"{info.filename} is encrypted")
+            total += info.file_size
+            _check_size(info.filename, info.file_size, total, limits)
+            if info.file_size > limits.max_ratio * max(info.compress_size, 1):
+                raise InvalidDataset(f"{info.filename} expands {info.file_size} times its compressed size "
+                                     f"({info.compress_size} bytes): a zip bomb is refused")
+            try:
+                with zf.open(info) as f:
+                    yield info.filename, f.read(limits.max_member_bytes + 1)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                raise InvalidDataset(f"{info.filename} cannot be read from the ZIP ({exc})") from None
+
+
+def _tar_members(path: Path, gz: bool, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
+    """Yields (name, bytes) of a tar's regular files, streaming it once through a bounded reader."""
+    with path.open("rb") as raw:
+        source: BufferedIOBase = gzip.GzipFile(fileobj=raw) if gz else raw
+        # Headers (even PAX ones) are read through the bound too, not only the members we look at.
+        bounded = _BoundedReader(source, raw, limits)
+        count = total = 0
+        try:
+            with tarfile.open(fileobj=bounded, mode="r|") as tf:  # type: ignore[call-overload]
+                for member in tf:
+                    count += 1
+                    if count > limits.max_members:
+                        raise InvalidDataset(f"the archive has more than {limits.max_members} members")
+                    _check_name(member.name)
+                    if member.isdir():
+                        continue
+                    if not member.isreg() or member.issparse():
+                        raise InvalidDataset(f"{member.name} is a link, device or special file; only plain "
+                                             "files are allowed")
+                    total += member.size
+                    _check_size(member.name, member.size, total, limits)
+                    f = tf.extractfile(member)
+                    yield member.name, f.read(member.size) if f is not None else b""
+        except (tarfile.TarError, zlib.error, gzip.BadGzipFile, EOFError, OSError) as exc:
+            raise InvalidDataset(f"the tar archive is truncated or corrupt ({exc})") from None
+
+
+class _BoundedReader:
+    """A read-only stream that stops a decompression bomb: caps bytes produced and their ratio to input."""
+
+    def __init__(self, source: BufferedIOBase, raw: BufferedIOBase, limits: ArchiveLimits) -> None:
+        self.source, self.raw, self.limits = source, raw, limits
+        self.produced = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Reads like the wrapped stream, raising InvalidDataset once the bounds are passed."""
+        data = self.source.read(size)
+        self.produced += len(data)
+        # Tar adds a 512-byte header per member and pads files to 512 bytes: allow for that overhead.
+        if self.produced > self.limits.max_total_bytes + 1024 * self.limits.max_members:
+            raise InvalidDataset(f"the archive expands beyond {self.limits.max_total_bytes} bytes")
+        consumed = max(self.raw.tell(), 1)
+        if self.produced > _RATIO_FLOOR and self.produced > self.limits.max_ratio * consumed:
+            raise InvalidDataset(f"the archive expands more than {self.limits.max_ratio:g} times its "
+                                 "compressed size: a decompression bomb is refused")
+        return data
+
+
+def _check_name(name: str) -> None:
+    """Refuses absolute paths, `..`, backslashes and nested archives."""
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or "\\" in name or (parts and parts[0].endswith(":")):
+        raise InvalidDataset(f"member {name!r} has an absolute or non-POSIX path")
+    if ".." in parts:
+        raise InvalidDataset(f"member {name!r} points outside the archive (..)")
+    if PurePosixPath(name).suffix.lower() in _ARCHIVE_SUFFIXES:
+        raise InvalidDataset(f"member {name!r} is a nested archive; put the images in the archive directly")
+
+
+def _check_size(name: str, size: int, total: int, limits: ArchiveLimits) -> None:
+    """Refuses a member over the per-file limit, or a running total over the archive limit."""
+    if size > limits.max_member_bytes:
+        raise InvalidDataset(f"{name} has {size} bytes; one file may have at most {limits.max_member_bytes}")
+    if total > limits.max_total_bytes:
+        raise InvalidDataset(f"the archive's files exceed {limits.max_total_bytes} bytes uncompressed")
+
+
+def _place(name: str) -> tuple[str, str] | None:
+    """Returns (split, class) of an image member, None for macOS/hidden clutter; refuses anything else."""
+    parts = PurePosixPath(name).parts
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None
+    if len(parts) == 4 and parts[1] in _SPLITS:  # one wrapping folder, as zipping a directory makes
+        parts = parts[1:]
+    if len(parts) != 3 or parts[0] not in _SPLITS:
+        raise InvalidDataset(f"member {name!r} does not fit the layout train/<class>/<image> or "
+                             "val/<class>/<image> (optionally inside one top folder)")
+    if PurePosixPath(name).suffix.lower() not in _IMAGE_SUFFIXES:
+        raise InvalidDataset(f"member {name!r} is not a .png or .jpg image")
+    return parts[0], parts[1]
+
+
+@contextlib.contextmanager
+def _pixel_cap(pixels: int) -> Iterator[None]:
+    """Sets Pillow's decompression-bomb threshold to `pixels` and makes its warning an error, for a while."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _decode(name: str, data: bytes, limits: ArchiveLimits) -> np.ndarray:
+    """Decodes one PNG/JPEG to uint8 (C, H, W) after checking its declared size; RGB or grayscale only."""
+    try:
+        with Image.open(BytesIO(data), formats=["PNG", "JPEG"]) as image:
+            width, height = image.size
+            if width * height > limits.max_image_pixels:
+                raise InvalidDataset(f"{name} declares {width}x{height} pixels; the limit is "
+                                     f"{limits.max_image_pixels} pixels per image")
+            if image.mode not in _MODES:
+                raise InvalidDataset(f"{name} has pixel mode {image.mode}; use 8-bit RGB or grayscale images")
+            array = np.asarray(image.convert(_MODES[image.mode]), dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidDataset(f"{name} is not a decodable PNG/JPEG within the limits ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's ways of saying "truncated or corrupt"
+        raise InvalidDataset(f"{name} is a truncated or corrupt image ({exc})") from None
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    """Says "32x32 RGB" or "28x28 grayscale" for a (C, H, W) shape."""
+    return f"{shape[2]}x{shape[1]} {'RGB' if shape[0] == 3 else 'grayscale'}"
+
+
+def _arrays(found: dict[str, list[tuple[str, str, np.ndarray]]]) -> Arrays:
+    """Stacks each split in name order; labels index the sorted class names of the training split."""
+    if not found["train"] or not found["val"]:
+        raise InvalidDataset("the archive needs images under both train/<class>/ and val/<class>/")
+    classes = sorted({cls for cls, _, _ in found["train"]})
+    extra = sorted({cls for cls, _, _ in found["val"]} - set(classes))
+    if extra:
+        raise InvalidDataset(f"val has classes with no training images: {extra}")
+    index = {cls: i for i, cls in enumerate(classes)}
+    out: list[np.ndarray] = []
+    for split in _SPLITS:
+        items = sorted(found[split], key=lambda item: item[1])
+        out += [np.stack([a for _, _, a in items]), np.array([index[c] for c, _, _ in items], dtype=np.int64)]
+    return out[0], out[1], out[2], out[3]
