@@ -1,0 +1,211 @@
+"""TPP: the Gram term and its gradient, the lambda ramp, the penalty gradients, the zero-out, exact removal,
+resume of the regularization phase, and the method end to end on the real Trainer."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tests.engine.conftest import IMAGE_SHAPE, MemoryCheckpoints, TinyResNet
+from tests.engine.test_structured import ConvShortcutNet, imported, plans_for
+from workers.compression.config import FinetuneConfig, JobConfig, Target, TppOptions
+from workers.compression.datasets import DatasetBundle
+from workers.compression.errors import JobStopped
+from workers.compression.hooks import Progress
+from workers.compression.methods import registry
+from workers.compression.methods.base import MethodResult, PruneContext
+from workers.compression.methods.structured import remove
+from workers.compression.methods.tpp import REG_PHASE, TppHooks, TppMethod, gram_grad, gram_penalty
+from workers.compression.training import Trainer
+
+# --- the math --------------------------------------------------------------------------------------------
+
+
+def test_gram_term_and_gradient_on_a_hand_computed_case() -> None:
+    """W = [[1,0],[0,1],[1,1]], filter 3 pruned: G ⊙ (1 - m m^T) = [[0,0,1],[0,0,1],[1,1,2]], so
+    L = (1+1+1+1+4)/9 = 8/9 and dL/dW = (4/9) (G ⊙ M) W = (4/9) [[1,1],[1,1],[3,3]]."""
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    keep = torch.tensor([1.0, 1.0, 0.0])
+    assert gram_penalty(w, keep).item() == pytest.approx(8 / 9)
+    torch.testing.assert_close(gram_grad(w, keep), 4 / 9 * torch.tensor([[1.0, 1.0], [1.0, 1.0], [3.0, 3.0]]))
+
+
+def test_gram_gradient_matches_autograd_on_a_conv_weight() -> None:
+    """The analytic gradient equals autograd's for a (N, C, kh, kw) weight and an arbitrary mask."""
+    w = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    gram_penalty(w, keep).backward()  # type: ignore[no-untyped-call]
+    torch.testing.assert_close(gram_grad(w.detach(), keep), w.grad)
+
+
+def _hooks(model: nn.Module, reg_steps: int, total_steps: int, **options: Any) -> TppHooks:
+    """TppHooks over half of each prunable group of `model`."""
+    _, plans = plans_for(model, IMAGE_SHAPE, 0.5)
+    return TppHooks(model, plans, TppOptions.model_validate(options), reg_steps=reg_steps,
+                    total_steps=total_steps)
+
+
+def test_lambda_ramp_and_zero_out_schedule() -> None:
+    """lambda climbs linearly 0 -> lambda_max over the ramp and holds; groups are zeroed one after another
+    during the hold, all before the last step; with no hold they all go at the last step."""
+    model = TinyResNet()
+    hooks = _hooks(model, 4, 10, lambda_max=2.0)
+    assert [hooks.lam(t) for t in range(7)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert hooks.zero_at == [4, 7]  # two groups over steps 4..9
+    assert _hooks(model, 4, 4).zero_at == [3, 3]
+    assert _hooks(model, 0, 2).lam(0) == 1.0
+
+
+def test_penalty_gradients() -> None:
+    """after_backward adds gram_weight*lambda*dL_gram/dW + lambda*W[p] to the layer and lambda*gamma_p,
+    lambda*beta_p to its BN; kept BN channels get nothing; bn_reg / weight_reg / gram_weight switch terms."""
+    torch.manual_seed(0)
+    model = TinyResNet()
+    cases: list[tuple[dict[str, Any], set[str]]] = [
+        ({}, {"gram", "l2", "bn"}), ({"bn_reg": False, "weight_reg": False}, {"gram"}),
+        ({"gram_weight": 0.0}, {"l2", "bn"}),
+    ]
+    for options, terms in cases:
+        hooks = _hooks(model, 4, 6, **options)
+        hooks.step = 2  # lambda = 0.5
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        hooks.after_backward(model, 3)
+        plan = hooks.plans[0]
+        rows = list(plan.pruned)
+        keep = torch.ones(8)
+        keep[rows] = 0.0
+        w = model.conv1.weight.detach()
+        expected = torch.zeros_like(w)
+        if "gram" in terms:
+            expected += 1000.0 * 0.5 * gram_grad(w, keep)
+        if "l2" in terms:
+            expected[rows] += 0.5 * w[rows]
+        torch.testing.assert_close(model.conv1.weight.grad, expected)
+        for param in (model.bn1.weight, model.bn1.bias):
+            bn_expected = torch.zeros(8)
+            if "bn" in terms:
+                bn_expected[rows] = 0.5 * param.detach()[rows]
+            torch.testing.assert_close(param.grad, bn_expected)
+        assert model.conv2.weight.grad is not None
+        assert not model.conv2.weight.grad.any()  # not a pruned layer's filters: untouched
+
+
+# --- the regularization phase on the real Trainer --------------------------------------------------------
+
+
+def _config(**options: object) -> JobConfig:
+    """A tpp job: PR 0.5, one epoch of ramp and one of hold (8 steps each at batch 32), one finetune epoch."""
+    return JobConfig(method="tpp", target=Target(pruning_ratio=0.5), seed=0,
+                     finetune=FinetuneConfig(epochs=1, batch_size=32, lr=0.02),
+                     options={"reg_epochs": 1, "stabilize_epochs": 1, **options})
+
+
+def _context(model: nn.Module, data: DatasetBundle, config: JobConfig, **trainer_args: Any) -> PruneContext:
+    """A PruneContext on CPU with the real Trainer."""
+    trainer = Trainer(data=data, finetune=config.finetune, device=torch.device("cpu"), seed=config.seed,
+                      **trainer_args)
+    return PruneContext(model=model, data=data, config=config, device=torch.device("cpu"), trainer=trainer)
+
+
+def test_stabilization_zeroes_exactly_and_removal_keeps_the_outputs(image_data: DatasetBundle,
+                                                                   trained_cnn: TinyResNet) -> None:
+    """After the phase the pruned filters and BN scale/shift are exactly zero (the momentum could not revive
+    them), kept ones are not, and removing them leaves the logits and the accuracy unchanged."""
+    model = trained_cnn
+    _, plans = plans_for(model, IMAGE_SHAPE, 0.5)
+    trainer = Trainer(data=image_data, finetune=FinetuneConfig(batch_size=32), device=torch.device("cpu"),
+                      seed=0)
+    hooks = TppHooks(model, plans, TppOptions(), reg_steps=8, total_steps=16)
+    trainer.fit(model, phase=REG_PHASE, epochs=2, lr=1e-3, schedule="constant", momentum=0.9, hooks=hooks)
+    assert hooks.step == 16
+    modules = dict(model.named_modules())
+    for plan in plans:
+        rows = list(plan.pruned)
+        kept = [c for c in range(plan.group.channels) if c not in rows]
+        conv, bn = modules[plan.group.layers[0].name], modules[plan.group.norms[0].name]
+        for tensor in (conv.weight, bn.weight, bn.bias):
+            assert isinstance(tensor, torch.Tensor)
+            assert not tensor[rows].any()
+            assert tensor[kept].abs().sum() > 0
+    model.eval()
+    x = image_data.normalize(image_data.x_val)
+    with torch.no_grad():
+        before = model(x)
+    accuracy = trainer.evaluate(model)
+    remove(model, plans, torch.zeros(1, *IMAGE_SHAPE))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+    assert trainer.evaluate(model) == accuracy
+
+
+def test_tpp_end_to_end(image_data: DatasetBundle, trained_cnn: TinyResNet) -> None:
+    """Registered as `tpp`: reports the accuracies around regularization and removal (equal across removal),
+    the budget in steps and the layers; the model is physically smaller."""
+    ctx = _context(trained_cnn, image_data, _config())
+    dense_accuracy = ctx.trainer.evaluate(trained_cnn)
+    method = registry.get("tpp")
+    assert isinstance(method, TppMethod)
+    assert method.structured
+    result = method.run(ctx)
+    report = result.report
+    assert report["regularization_steps"] == {"total": 16, "ramp": 8, "stabilize": 8, "steps_per_epoch": 8}
+    assert report["accuracy_before_removal"] == report["accuracy_after_removal"]
+    assert report["accuracy_before_regularization"] == dense_accuracy
+    assert report["accuracy_after_regularization"] == ctx.trainer.history[0]["accuracy"]  # end of the ramp
+    phases = [h["phase"] for h in ctx.trainer.history]
+    assert phases == [REG_PHASE, REG_PHASE, "finetune"]
+    assert report["accuracy_after_first_finetune_epoch"] == ctx.trainer.history[-1]["accuracy"]
+    assert report["options"]["gram_weight"] == 1000.0
+    assert report["pruning_ratio"] == 0.5
+    assert [(e["name"], e["kept_channels"]) for e in result.layers] == [("conv1", 4), ("down.0", 8)]
+    assert result.model.get_submodule("conv1").out_channels == 4
+
+
+def test_tpp_on_imported_coupled_graph(image_data: DatasetBundle, tmp_path: Path) -> None:
+    """An ONNX import with coupled: true: the residual group's three convs are zeroed and removed together,
+    exactly (no BN left: the exporter folded it, so the biases are zeroed too)."""
+    torch.manual_seed(0)
+    model = imported(ConvShortcutNet(), tmp_path)
+    config = _config(coupled=True)
+    result = TppMethod().run(_context(model, image_data, config))
+    report = result.report
+    assert report["accuracy_before_removal"] == report["accuracy_after_removal"]
+    kept = {e["name"]: e["kept_channels"] for e in result.layers}
+    assert len(kept) == 6
+    assert len({kept[n] for n in kept if n.startswith(("b2", "short", "c2"))}) == 1
+
+
+@pytest.mark.parametrize("stop_at", [(REG_PHASE, 1), (REG_PHASE, 2), ("finetune", 1)])
+def test_resume_continues_the_regularization_phase(image_data: DatasetBundle, trained_cnn: TinyResNet,
+                                                  stop_at: tuple[str, int]) -> None:
+    """A job stopped mid-phase (lambda and the zero-out schedule restored from the hooks' state), right after
+    the phase (its final weights restored before removal) or in finetuning (structure rebuilt from the
+    recorded plan) ends bit-identical to an uninterrupted one, with the same report."""
+    dense = copy.deepcopy(trained_cnn.state_dict())
+
+    def attempt(store: MemoryCheckpoints | None, stop: tuple[str, int] | None) -> MethodResult:
+        """Runs tpp from the dense weights; `stop` raises JobStopped at that epoch end."""
+        def on_progress(event: Progress) -> None:
+            """Stops the job once the chosen epoch has been checkpointed."""
+            if stop is not None and event.epoch_end and store is not None and store.saved[-1] == stop:
+                raise JobStopped("test")
+
+        model = TinyResNet()
+        model.load_state_dict(dense)
+        ctx = _context(model, image_data, _config(), checkpoints=store, on_progress=on_progress)
+        return TppMethod().run(ctx)
+
+    reference = attempt(None, None)
+    store = MemoryCheckpoints()
+    with pytest.raises(JobStopped):
+        attempt(store, stop_at)
+    resumed = attempt(store, None)
+    assert resumed.report == reference.report
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
