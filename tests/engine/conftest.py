@@ -13,8 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from workers.compression.config import DataOptions
+from workers.compression.config import DataOptions, FinetuneConfig
 from workers.compression.datasets import DatasetBundle, from_arrays
+from workers.compression.export import export_onnx
+from workers.compression.training import Trainer
 
 torch.set_num_threads(1)
 
@@ -105,12 +107,38 @@ class MemoryCheckpoints:
         self.saved.append((phase, epoch))
 
 
-@pytest.fixture
-def image_data() -> DatasetBundle:
-    """The tiny learnable image dataset, without augmentation (so that runs are cheap to compare)."""
+def image_bundle() -> DatasetBundle:
+    """Returns the tiny learnable image dataset, without augmentation (so that runs are cheap to compare)."""
     arrays = image_arrays()
     return from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
                        DataOptions(augment=False))
+
+
+def train_tiny_cnn(data: DatasetBundle) -> TinyResNet:
+    """Returns a TinyResNet trained for 3 epochs on the image data (well above chance), in eval mode."""
+    torch.manual_seed(0)
+    model = TinyResNet()
+    finetune = FinetuneConfig(batch_size=32)
+    trainer = Trainer(data=data, finetune=finetune, device=torch.device("cpu"), seed=0)
+    trainer.fit(model, phase="pretrain", epochs=3, lr=0.05, schedule="constant")
+    return model.eval()
+
+
+def write_inputs(folder: Path) -> tuple[Path, Path]:
+    """Writes a trained TinyResNet as ONNX and the image dataset as .npz into `folder`; returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, data_path = folder / "tiny.onnx", folder / "data.npz"
+    export_onnx(train_tiny_cnn(image_bundle()), IMAGE_SHAPE, model_path)
+    arrays = image_arrays()
+    np.savez(data_path, x_train=arrays["x_train"], y_train=arrays["y_train"], x_val=arrays["x_val"],
+             y_val=arrays["y_val"])
+    return model_path, data_path
+
+
+@pytest.fixture
+def image_data() -> DatasetBundle:
+    """The tiny learnable image dataset, without augmentation."""
+    return image_bundle()
 
 
 @pytest.fixture
@@ -136,34 +164,12 @@ def tiny_mlp() -> TinyMLP:
 
 
 @pytest.fixture
-def image_npz(tmp_path: Path) -> Path:
-    """The tiny image dataset written as an .npz file."""
-    path = tmp_path / "data.npz"
-    arrays = image_arrays()
-    np.savez(path, x_train=arrays["x_train"], y_train=arrays["y_train"], x_val=arrays["x_val"],
-             y_val=arrays["y_val"])
-    return path
-
-
-@pytest.fixture
 def trained_cnn(image_data: DatasetBundle) -> TinyResNet:
-    """A TinyResNet trained briefly on the image data (well above chance), in eval mode."""
-    from workers.compression.config import FinetuneConfig
-    from workers.compression.training import Trainer
-
-    torch.manual_seed(0)
-    model = TinyResNet()
-    finetune = FinetuneConfig(batch_size=32)
-    trainer = Trainer(data=image_data, finetune=finetune, device=torch.device("cpu"), seed=0)
-    trainer.fit(model, phase="pretrain", epochs=3, lr=0.05, schedule="constant")
-    return model.eval()
+    """A TinyResNet trained briefly on the image data, in eval mode."""
+    return train_tiny_cnn(image_data)
 
 
-@pytest.fixture
-def cnn_onnx(tmp_path: Path, trained_cnn: TinyResNet) -> Path:
-    """The trained TinyResNet exported to ONNX: an uploaded model that is not from the zoo."""
-    from workers.compression.export import export_onnx
-
-    path = tmp_path / "tiny.onnx"
-    export_onnx(trained_cnn, IMAGE_SHAPE, path)
-    return path
+@pytest.fixture(scope="module")
+def input_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A trained TinyResNet as ONNX (an uploaded model not from the zoo) and the image .npz, per module."""
+    return write_inputs(tmp_path_factory.mktemp("inputs"))

@@ -1,0 +1,125 @@
+"""`secateur compress`: exit 0 with three files, exit 2 with one line for bad input, exit 1 for a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers.compression import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """Returns a compress command line for the tiny inputs, one cheap epoch of magnitude pruning."""
+    return [
+        "compress", "--model", str(model), "--dataset", str(data), "--method", "magnitude",
+        "--target-sparsity", "0.5", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+        "--out", str(out), *extra,
+    ]
+
+
+def _one_error_line(err: str, code: str) -> None:
+    """Asserts that stderr ends with the only `error: <code>: ...` line (progress lines may precede it)."""
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], err
+    assert lines[-1].startswith(f"error: {code}: ")
+
+
+def test_good_run_exits_0(
+    input_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Writes the three files and a summary on stdout; progress goes to stderr."""
+    model, data = input_files
+    assert cli.main(_args(model, data, tmp_path / "out")) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["model.onnx", "model.onnx.zst", "report.json"]
+    out, err = capsys.readouterr()
+    assert "accuracy" in out
+    assert "pruning" in err  # plain progress lines, stderr is not a terminal here
+
+
+def test_config_file_with_flags_overriding(
+    input_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--config supplies fields, flags win, and the leading `compress` word is optional."""
+    model, data = input_files
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps({
+        "method": "magnitude", "target": {"sparsity": 0.9}, "seed": 3,
+        "finetune": {"epochs": 5, "batch_size": 64, "schedule": "cosine"}, "options": {"interval": 1},
+    }))
+    args = _args(model, data, tmp_path / "out", "--config", str(config))[1:]
+    assert cli.main(args) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["config"]["target"]["sparsity"] == 0.5  # the flag
+    assert report["config"]["finetune"]["epochs"] == 1  # the flag
+    assert report["config"]["finetune"]["schedule"] == "cosine"  # the file
+    assert report["config"]["seed"] == 3  # the file
+    assert report["method"]["options"]["interval"] == 1  # the file
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (["--model", "/nonexistent/model.onnx"], "invalid_model"),
+        (["--dataset", "/nonexistent/data.npz"], "invalid_dataset"),
+        (["--method", "l1"], "invalid_config"),  # l1 takes no sparsity target
+        (["--method", "prune-it-all"], "invalid_config"),
+        (["--epochs", "many"], "invalid_config"),
+        (["--target-sparsity", "1.5"], "invalid_config"),
+        (["--pruning-ratio", "0.5"], "invalid_config"),  # two targets at once
+        (["--device", "tpu"], "invalid_config"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    input_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    change: list[str], code: str,
+) -> None:
+    """Each refusal is one line with a stable code, and nothing is written."""
+    model, data = input_files
+    assert cli.main(_args(model, data, tmp_path / "out", *change)) == 2
+    _one_error_line(capsys.readouterr().err, code)
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_missing_required_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse's own complaints are one typed line too, not usage text and exit 2 from argparse."""
+    assert cli.main(["compress", "--model", "m.onnx"]) == 2
+    _one_error_line(capsys.readouterr().err, "invalid_config")
+
+
+def test_unexpected_failure_exits_1(
+    input_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug is exit 1 with a one-line `error: internal: ...`."""
+    from workers.compression import pipeline
+
+    def crash(**_kwargs: object) -> None:
+        """Fails like a bug would."""
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(pipeline, "compress", crash)
+    model, data = input_files
+    assert cli.main(_args(model, data, tmp_path / "out")) == 1
+    _one_error_line(capsys.readouterr().err, "internal")
+
+
+def test_module_entry_point_in_a_subprocess(input_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """`python -m workers.compression compress ...` runs the same CLI: a bad dataset exits 2, one line."""
+    model, _ = input_files
+    bad = tmp_path / "data.npz"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.compression", *_args(model, bad, tmp_path / "out")],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    _one_error_line(proc.stderr, "invalid_dataset")
