@@ -19,7 +19,7 @@ from tests.engine.model_files import export_onnx
 from workers.compression import zoo
 from workers.compression.config import FinetuneConfig, JobConfig, Target
 from workers.compression.datasets import DatasetBundle
-from workers.compression.errors import InvalidConfig
+from workers.compression.errors import InvalidConfig, UnsupportedOp
 from workers.compression.methods import registry
 from workers.compression.methods.base import PruneContext
 from workers.compression.methods.structured import (
@@ -236,6 +236,28 @@ def test_removal_of_zeroed_filters_is_exact_on_imported_graph(tmp_path: Path, co
     model = imported(randomize_bn(ConvShortcutNet()), tmp_path)
     structure = assert_removal_exact(model, IMAGE_SHAPE, coupled=coupled)
     assert any(g.coupled for g in structure.groups) == coupled
+
+
+class FixedReshapeNet(nn.Module):
+    """Flattens with a constant shape: removing channels of conv2 cannot keep this graph working."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(384, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 3, 8, 8) to (B, 2) through view(-1, 6*8*8)."""
+        out: torch.Tensor = self.fc(self.conv2(torch.relu(self.conv1(x))).view(-1, 384))
+        return out
+
+
+def test_removal_that_breaks_the_graph_is_a_typed_error() -> None:
+    """A constant-shape reshape after pruned channels is refused as unsupported_op, not a crash later."""
+    model = FixedReshapeNet()
+    _, plans = plans_for(model, IMAGE_SHAPE, 0.5)
+    with pytest.raises(UnsupportedOp, match="fixes a channel count"):
+        remove(model, plans, torch.zeros(1, *IMAGE_SHAPE))
 
 
 # --- the l1 method ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 from torch_pruning.ops import OPTYPE
 
 from workers.compression.config import L1Options
-from workers.compression.errors import InvalidConfig
+from workers.compression.errors import InvalidConfig, UnsupportedOp
 from workers.compression.methods.base import MethodResult, PruneContext
 from workers.compression.methods.registry import register
 
@@ -143,7 +143,13 @@ def _edge_layers(dg: Any) -> set[nn.Module]:
 
 def _pads_channels(node: Any, rank: int) -> bool:
     """Tells whether `node` is a constant pad of the channel dim (option-A shortcut), which torch-pruning
-    takes for an element-wise op: the channels on its two sides do not line up."""
+    takes for an element-wise op: the channels on its two sides do not line up.
+
+    Deviation (also for `coupled: true`): such groups are left alone rather than given a custom pruner.
+    Correctly modelled, a pruned stage-2 channel still receives its stage-1 channel through the shortcut,
+    so TPP's zero-out would not be exact unless both stages lose it; and the zoo's residual stream starts
+    at the stem conv, which is never pruned. The paper's default prunes none of these channels anyway.
+    """
     grad_fn = node.grad_fn
     if grad_fn is None or "ConstantPadNd" not in grad_fn.name():
         return False
@@ -230,7 +236,8 @@ def importance(model: nn.Module, group: Group) -> torch.Tensor:
 
 def kept_count(channels: int, ratio: float, round_to: int | None) -> int:
     """Returns how many channels stay: C - ceil(ratio*C), at least one, rounded up to a multiple of
-    `round_to` (never above C, so a layer narrower than `round_to` is left as is)."""
+    `round_to` (never above C, so a layer narrower than `round_to` is left as is). Rounding up, unlike
+    torch-pruning's rounding down, never removes more than the requested ratio."""
     pruned = math.ceil(ratio * channels - 1e-9)  # the epsilon absorbs float noise like 0.7*10
     kept = max(1, channels - pruned)
     if round_to is not None:
@@ -249,14 +256,37 @@ def select(structure: Structure, scores: Sequence[torch.Tensor], ratio: float,
     return tuple(p for p in plans if p.pruned)
 
 
+def _output_shape(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+    """Runs a batch of two in eval mode (BN statistics untouched) and returns the output's shape."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return tuple(model(example.expand(2, *example.shape[1:])).shape)
+    finally:
+        model.train(was_training)
+
+
 def remove(model: nn.Module, plans: Sequence[GroupPlan], example: torch.Tensor) -> None:
     """Removes the planned channels physically: smaller convs/BNs/linears, consumers lose their inputs."""
     dg = _trace(model, example)
+    expected = _output_shape(model, example)
     modules = dict(model.named_modules())
     for plan in plans:
         root = modules[plan.group.root]
         prune_out = dg.get_pruner_of_module(root).prune_out_channels
         dg.get_pruning_group(root, prune_out, list(plan.pruned)).prune(record_history=False)
+    try:
+        shape = _output_shape(model, example)
+    except RuntimeError as exc:  # shape errors inside the user's graph
+        shape, reason = (), str(exc).splitlines()[0]
+    else:
+        reason = f"it now outputs {shape} instead of {expected}"
+    if shape != expected:
+        raise UnsupportedOp(
+            f"removing channels broke the model ({reason}): the graph probably fixes a channel count in a "
+            "constant, such as a Reshape to a fixed shape. Flatten with a dynamic shape "
+            "(torch.flatten(x, 1)) before exporting, or use an unstructured method (magnitude, weightmom)")
 
 
 def macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -354,7 +384,8 @@ def layer_report(model: nn.Module, plans: Sequence[GroupPlan]) -> list[dict[str,
 
 
 def finetune(ctx: PruneContext, model: nn.Module) -> float | None:
-    """Finetunes with a fresh optimizer (config.finetune); returns the first finetune epoch's accuracy."""
+    """Finetunes with a fresh optimizer (config.finetune: the spec's step LR by default, cosine if the job
+    asks for it); returns the first finetune epoch's accuracy."""
     cfg = ctx.config.finetune
     if cfg.epochs > 0:
         ctx.trainer.fit(model, phase=FINETUNE_PHASE, epochs=cfg.epochs, lr=cfg.lr, schedule=cfg.schedule,
@@ -363,15 +394,14 @@ def finetune(ctx: PruneContext, model: nn.Module) -> float | None:
     return None if first is None else float(first["accuracy"])
 
 
-def iter_members(plans: Sequence[GroupPlan], model: nn.Module,
-                 ) -> Iterator[tuple[GroupPlan, nn.Module, list[int], bool]]:
-    """Yields (plan, module, its pruned own indices, is_norm) for every layer and BN a plan touches."""
+def iter_members(plans: Sequence[GroupPlan], model: nn.Module) -> Iterator[tuple[nn.Module, list[int], bool]]:
+    """Yields (module, its own pruned indices, is_norm) for every layer and BN the plans touch."""
     modules = dict(model.named_modules())
     for plan in plans:
         for member in plan.group.layers:
-            yield plan, modules[member.name], member.pruned(plan.pruned), False
+            yield modules[member.name], member.pruned(plan.pruned), False
         for member in plan.group.norms:
-            yield plan, modules[member.name], member.pruned(plan.pruned), True
+            yield modules[member.name], member.pruned(plan.pruned), True
 
 
 def _remembered_accuracy(ctx: PruneContext, key: str, model: nn.Module) -> float:

@@ -78,25 +78,42 @@ def _add_rows(param: torch.Tensor, rows: torch.Tensor, scale: float) -> None:
     _add_grad(param, term)
 
 
-@torch.no_grad()
-def _zero_group(model: nn.Module, plan: GroupPlan) -> None:
-    """Sets a group's pruned filters, biases, BN scale/shift and BN running mean to exactly zero, so the
-    channel outputs 0 everywhere (also for a BN without affine) and removing it changes nothing."""
-    for _, module, rows, is_norm in iter_members([plan], model):
+def _zero_targets(model: nn.Module, plan: GroupPlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Returns (tensor, pruned rows) for a group's filters, biases, BN scale/shift and BN running mean:
+    with all of them zero the channel outputs 0 everywhere (also through a BN without affine)."""
+    targets = []
+    for module, rows, is_norm in iter_members([plan], model):
         for name in ("weight", "bias", "running_mean") if is_norm else ("weight", "bias"):
             tensor = _param(module, name)
             if tensor is not None:
-                tensor[rows] = 0.0
+                targets.append((tensor, torch.tensor(rows, device=tensor.device)))
+    return targets
+
+
+@torch.no_grad()
+def _zero(targets: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Sets the given rows to exactly zero, in place (so optimizer and checkpoint references stay valid)."""
+    for tensor, rows in targets:
+        tensor[rows] = 0.0
 
 
 def zero_out(model: nn.Module, plans: Sequence[GroupPlan]) -> None:
     """Zeroes every planned group (idempotent)."""
     for plan in plans:
-        _zero_group(model, plan)
+        _zero(_zero_targets(model, plan))
+
+
+def _is_zeroed(model: nn.Module, plans: Sequence[GroupPlan]) -> bool:
+    """Tells whether every planned filter, bias and BN scale/shift is exactly zero."""
+    return all(not tensor[rows].any() for plan in plans for tensor, rows in _zero_targets(model, plan))
 
 
 class TppHooks(StepHooks):
-    """The regularization phase: adds TPP's penalty gradients after backward, zeroes groups on schedule."""
+    """The regularization phase: adds TPP's penalty gradients after backward, zeroes groups on schedule.
+
+    The paper's staircase (lambda += 1e-4 every 10 iterations up to 1, then 10,000 more iterations) becomes
+    a straight ramp over `reg_steps` and a hold for the rest: the same shape, a budget set in epochs.
+    """
 
     def __init__(
         self, model: nn.Module, plans: Sequence[GroupPlan], options: TppOptions, *, reg_steps: int,
@@ -109,7 +126,7 @@ class TppHooks(StepHooks):
         self.step = 0  # optimizer steps done in this phase (own count: restored with the hook's state)
         # (weight, bias, pruned row indices, keep mask m (N,), is_norm) per regularized layer or BN.
         self._members: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, bool]] = []
-        for _, module, rows, is_norm in iter_members(self.plans, model):
+        for module, rows, is_norm in iter_members(self.plans, model):
             weight, bias = _param(module, "weight"), _param(module, "bias")
             if weight is None:  # a BN without affine: nothing to pull (the zero-out still applies)
                 continue
@@ -121,6 +138,7 @@ class TppHooks(StepHooks):
         hold = total_steps - reg_steps
         count = max(1, len(self.plans))
         self.zero_at = [min(reg_steps + i * hold // count, max(total_steps - 1, 0)) for i in range(count)]
+        self._zero_targets = [_zero_targets(model, plan) for plan in self.plans]
 
     def lam(self, step: int) -> float:
         """Returns lambda at 0-based step `step`: 0 -> lambda_max linearly over the ramp, then held."""
@@ -148,9 +166,9 @@ class TppHooks(StepHooks):
         """Re-zeroes every group whose time has come (the optimizer's momentum would revive it)."""
         done = self.step
         self.step += 1
-        for plan, start in zip(self.plans, self.zero_at, strict=False):
+        for targets, start in zip(self._zero_targets, self.zero_at, strict=False):
             if done >= start:
-                _zero_group(model, plan)
+                _zero(targets)
         if self.step == self.reg_steps and self.on_ramp_end is not None:
             self.on_ramp_end(model)  # lambda at its ceiling, nothing zeroed yet
 
@@ -161,13 +179,6 @@ class TppHooks(StepHooks):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a resumed phase's step count."""
         self.step = int(state["step"])
-
-
-def _is_zeroed(model: nn.Module, plans: Sequence[GroupPlan]) -> bool:
-    """Tells whether every planned filter and BN scale/shift is exactly zero."""
-    tensors = ((_param(module, name), rows) for _, module, rows, _ in iter_members(plans, model)
-               for name in ("weight", "bias"))
-    return all(not tensor[rows].any() for tensor, rows in tensors if tensor is not None)
 
 
 class TppMethod:
