@@ -104,6 +104,11 @@ class ProgressWriter:
         now = self.clock()
         if event.stage == self.stage and not event.epoch_end and now - self.last_write < self.interval_s:
             return
+        self.force(event)
+
+    def force(self, event: Progress) -> None:
+        """Writes the event now, whatever the throttle says (e.g. the job's last progress)."""
+        now = self.clock()
         self.stage, self.last_write = event.stage, now
         self.write(event.stage, self._progress(event, now - self.started))
 
@@ -228,6 +233,7 @@ def _execute(lease: Lease, settings: Settings, factory: sessionmaker[Session], a
         progress(Progress(stage="uploading", fraction=0.99))
         for name in ARTIFACT_NAMES:
             store.put_file(artifact_key(lease.tenant, lease.job_id, name), work / "out" / name)
+        progress.force(Progress(stage="uploading", fraction=1.0))
     jlog.info("artifacts uploaded")
     return summarize(report)
 

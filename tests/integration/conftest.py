@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from tests.integration.processes import free_ports, stop
 
 PG_ADMIN_URL = os.environ.get("SECATEUR_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -34,20 +34,6 @@ def unavailable(what: str, why: object) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message} (CI=true: integration services are required)")
     pytest.skip(message)
-
-
-def free_ports(count: int) -> list[int]:
-    """Returns `count` distinct loopback ports that are free right now (the OS picks them)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="session")
@@ -171,17 +157,6 @@ def wait_for_bucket(server: S3Server, proc: subprocess.Popen[bytes], log: Path, 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"SeaweedFS S3 not ready after {timeout_s}s: {exc}") from exc
             time.sleep(0.3)
-
-
-def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """Stops a process this suite started: SIGTERM by PID, then SIGKILL after a grace period."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

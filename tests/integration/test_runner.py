@@ -35,7 +35,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyJob:
     return write_tiny_job(tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     """Settings on a migrated database of each kind, local objects, and unthrottled progress writes."""
     url = f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite" else None
