@@ -123,3 +123,32 @@ def test_module_entry_point_in_a_subprocess(input_files: tuple[Path, Path], tmp_
     )
     assert proc.returncode == 2, proc.stderr
     _one_error_line(proc.stderr, "invalid_dataset")
+
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "cifar10_subset.npz").is_file(), reason="needs ../shared/data")
+@pytest.mark.parametrize(
+    "method", [["l1", "--pruning-ratio", "0.5"], ["magnitude", "--target-sparsity", "0.9"]],
+)
+def test_real_resnet20(method: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 2's "Done when" 1 and 2 on real CIFAR-10: the right architecture (0.9164), verified ONNX,
+    fewer FLOPs for l1, and a zstd file under 0.35x the baseline's for 90% magnitude sparsity."""
+    args = [
+        "compress", "--model", str(SHARED / "cifar10_resnet20.safetensors"), "--architecture", "resnet20",
+        "--dataset", str(SHARED / "cifar10_subset.npz"), "--method", *method, "--epochs", "2",
+        "--out", str(tmp_path),
+    ]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text())
+    baseline, pruned = report["baseline"], report["pruned"]
+    assert baseline["accuracy"] == pytest.approx(0.9164, abs=1e-4)
+    assert report["verification"]["passed"] is True
+    assert pruned["accuracy"] == pytest.approx(pruned["ort_accuracy"], abs=0.001)
+    assert pruned["latency_ms"]["b1"] > 0
+    if method[0] == "l1":
+        assert pruned["flops"] < baseline["flops"] / 1.9
+    else:
+        assert pruned["onnx_zstd_bytes"] < 0.35 * baseline["onnx_zstd_bytes"]
