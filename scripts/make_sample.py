@@ -1,4 +1,4 @@
-"""Writes a small real sample job (scikit-learn's handwritten digits + a trained LeNet-300-100) for the quickstart.
+"""Writes a small real sample job (scikit-learn digits + a trained LeNet-300-100) for the quickstart.
 
 Used when ../shared/data (CIFAR-10 + pretrained ResNets) is absent: the digits ship inside scikit-learn, so
 nothing is downloaded. Output: OUT/digits.npz (x_* uint8 (N, 1, 8, 8), y_* int64) and OUT/mlp.safetensors.
@@ -39,9 +39,12 @@ def train_mlp(dataset: Path, out: Path, epochs: int = 30) -> Path:
     model = build("mlp", num_classes=10, input_shape=(1, 8, 8))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for _ in range(epochs):
-        for batch in torch.randperm(len(x)).split(64):
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), 64):
+            batch = order[start:start + 64]
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
     path = out / "mlp.safetensors"
     save_file(model.state_dict(), str(path))

@@ -1,4 +1,4 @@
-"""Runs a downloaded model.onnx in onnxruntime on a dataset's validation split and checks the report's accuracy.
+"""Runs a downloaded model.onnx in onnxruntime on a validation split and checks the report's accuracy.
 
 The preprocessing (scale, per-channel mean/std) is read from the job's report.json, so this is exactly
 what a user does with the artifact: load it, feed normalized NCHW float32 batches, take the argmax.
@@ -18,10 +18,10 @@ from workers.compression.config import DataOptions
 from workers.compression.datasets import load_dataset
 
 
-def onnx_accuracy(model: Path, dataset: Path, preprocessing: dict[str, object]) -> float:
-    """Returns top-1 accuracy of the ONNX model on the validation split, preprocessed as the report says."""
-    options = DataOptions(mean=preprocessing["mean"], std=preprocessing["std"],  # type: ignore[arg-type]
-                          scale=preprocessing["scale"], augment=False)  # type: ignore[arg-type]
+def onnx_accuracy(model: Path, dataset: Path, normalization: dict[str, object]) -> float:
+    """Returns top-1 accuracy of the ONNX model on the validation split, normalized as the report says."""
+    options = DataOptions(mean=normalization["mean"], std=normalization["std"],  # type: ignore[arg-type]
+                          scale=normalization["scale"], augment=False)  # type: ignore[arg-type]
     data = load_dataset(dataset, options)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args()
     report = json.loads(args.report.read_text())
-    measured = onnx_accuracy(args.model, args.dataset, report["preprocessing"])
+    measured = onnx_accuracy(args.model, args.dataset, report["inputs"]["normalization"])
     reported = report["pruned"]["ort_accuracy"]
     print(f"onnxruntime accuracy of {args.model}: {measured:.4f} (report: {reported:.4f}; "
           f"baseline {report['baseline']['accuracy']:.4f})")
