@@ -21,6 +21,7 @@ from torch_pruning.ops import OPTYPE
 
 from workers.compression.config import L1Options
 from workers.compression.errors import InvalidConfig, UnsupportedOp
+from workers.compression.measure import count_macs
 from workers.compression.methods.base import MethodResult, PruneContext
 from workers.compression.methods.registry import register
 
@@ -290,9 +291,9 @@ def remove(model: nn.Module, plans: Sequence[GroupPlan], example: torch.Tensor) 
 
 
 def macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Returns the multiply-accumulates of one forward pass (torch-pruning's counter)."""
-    ops, _ = tp.utils.count_ops_and_params(model, example)
-    return int(ops)
+    """Returns Conv/Linear multiply-accumulates with the report's own counter, so a searched target
+    is met exactly as report.json measures it (torch-pruning's counter also counts BN and pooling)."""
+    return count_macs(model, tuple(example.shape[1:]))
 
 
 def search_ratio(model: nn.Module, structure: Structure, example: torch.Tensor, target: float,
