@@ -80,13 +80,13 @@ class WorkerProcess:
             self._spawn()
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stops the worker's process group: SIGTERM (warm shutdown), then SIGKILL after `grace_s`."""
+        """Stops the worker: SIGTERM to its parent (warm shutdown), then SIGKILL to its whole group."""
         with self._lock:
             self._stopping.set()
             proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        _signal_group(proc, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
