@@ -16,7 +16,7 @@ mkdir -p "$out"
 
 .venv/bin/secateur serve --port "$port" --data-dir .secateur >"$out/serve.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do
   curl -fsS "$SECATEUR_URL/readyz" >/dev/null 2>&1 && break
   kill -0 $server 2>/dev/null || { cat "$out/serve.log"; exit 1; }
@@ -36,7 +36,9 @@ else
 fi
 echo "$config" >"$out/config.json"
 
-job=$(.venv/bin/secateur submit "$model" "$dataset" --config "$out/config.json" --wait)
+job=$(.venv/bin/secateur submit "$model" "$dataset" --config "$out/config.json")
+echo "submitted job $job; following it (also live at $SECATEUR_URL/jobs/$job/events)"
+.venv/bin/secateur status "$job" --wait
 .venv/bin/secateur download "$job" -o "$out/model.onnx"
 .venv/bin/secateur download "$job" --name report.json -o "$out/report.json"
 .venv/bin/python scripts/verify_onnx.py "$out/model.onnx" "$dataset" --report "$out/report.json"
