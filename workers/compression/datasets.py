@@ -6,7 +6,6 @@ scaled, normalized and, for training images, augmented on the fly with index ten
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.compression import npz
 from workers.compression.config import DataOptions
 from workers.compression.errors import InvalidDataset
 
@@ -24,8 +24,7 @@ __all__ = ["MAX_NPZ_BYTES", "PAD", "DatasetBundle", "from_arrays", "load_dataset
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
 PAD = 4  # pixels of zero padding before the random crop (the CIFAR convention)
-MAX_NPZ_BYTES = 8 << 30  # uncompressed bytes an .npz may declare; a bigger one is refused before reading
-_SPLITS = ("x_train", "y_train", "x_val", "y_val")
+MAX_NPZ_BYTES = npz.DEFAULT_NPZ_LIMITS.max_total_bytes  # uncompressed bytes an .npz may hold
 
 
 @dataclass
@@ -106,9 +105,7 @@ def from_arrays(
         raise InvalidDataset(f"x_train samples have shape {tuple(xt.shape[1:])} but x_val samples "
                              f"{tuple(xv.shape[1:])}; both splits must share one sample shape")
     yt, yv = _labels(y_train, "y_train", len(xt)), _labels(y_val, "y_val", len(xv))
-    num_classes = int(max(int(yt.max()), int(yv.max()))) + 1
-    if num_classes < 2:
-        raise InvalidDataset("the labels name a single class; a classifier needs at least two")
+    num_classes = npz.num_classes(yt.numpy(), yv.numpy())
     default_scale = 1.0 / 255.0 if xt.dtype == torch.uint8 else 1.0
     scale = options.scale if options.scale is not None else default_scale
     channels = xt.shape[1] if xt.dim() == 4 else 1
@@ -127,17 +124,10 @@ def from_arrays(
 
 def _samples(x: np.ndarray, name: str) -> torch.Tensor:
     """Checks one split's samples and returns them as (N, C, H, W) or (N, F), uint8 or float32."""
-    if x.dtype != np.uint8 and x.dtype.kind != "f":
-        raise InvalidDataset(f"{name} has dtype {x.dtype}; use uint8 (0-255 images) or float")
-    if x.ndim == 3:  # (N, H, W): single-channel images
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):  # channels last
+    shape = (x.shape[0], *npz.check_samples(name, x.shape, x.dtype))
+    if x.ndim == 4 and shape[1:] != x.shape[1:]:  # channels last
         x = x.transpose(0, 3, 1, 2)
-    elif x.ndim not in (2, 4):
-        raise InvalidDataset(f"{name} has shape {x.shape}; expected (N, C, H, W), (N, H, W, C), "
-                             "(N, H, W) or flat (N, F)")
-    if x.shape[0] == 0 or min(x.shape) == 0:
-        raise InvalidDataset(f"{name} is empty (shape {x.shape})")
+    x = x.reshape(shape)  # (N, H, W) gains its channel axis
     if x.dtype.kind == "f":
         x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
@@ -147,15 +137,7 @@ def _samples(x: np.ndarray, name: str) -> torch.Tensor:
 
 def _labels(y: np.ndarray, name: str, n: int) -> torch.Tensor:
     """Checks one split's labels (integers in [0, classes), one per sample) and returns them as int64."""
-    if y.dtype.kind not in "iu":
-        raise InvalidDataset(f"{name} has dtype {y.dtype}; labels must be integers (class indices)")
-    if y.shape != (n,):
-        raise InvalidDataset(f"{name} has shape {y.shape}; expected ({n},), one label per sample")
-    if y.min() < 0:
-        raise InvalidDataset(f"{name} has negative labels; use class indices 0..K-1")
-    if y.max() >= 100_000:
-        raise InvalidDataset(f"{name} has label {y.max()}; class indices above 99999 are not supported")
-    return torch.from_numpy(y.astype(np.int64))
+    return torch.from_numpy(npz.check_labels(y, name, n))
 
 
 def _train_stats(x: torch.Tensor, scale: float) -> Norm:
@@ -189,26 +171,6 @@ def load_dataset(path: Path, options: DataOptions, *, default_norm: Norm | None 
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Reads the four splits of an `.npz` without pickle, after bounding its declared uncompressed size."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            declared = sum(info.file_size for info in zf.infolist())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidDataset(f"the .npz file is not a readable zip archive ({exc})") from None
-    if declared > MAX_NPZ_BYTES:
-        raise InvalidDataset(f"the .npz declares {declared} uncompressed bytes; the limit is {MAX_NPZ_BYTES}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in _SPLITS if key not in npz.files]
-            if missing:
-                raise InvalidDataset(f"the .npz lacks {missing}; it needs arrays named {list(_SPLITS)} "
-                                     f"(found {sorted(npz.files)})")
-            x_train, y_train, x_val, y_val = (npz[key] for key in _SPLITS)
-    except InvalidDataset:
-        raise
-    except ValueError as exc:  # numpy refuses object arrays (pickles) with allow_pickle=False
-        raise InvalidDataset(f"the .npz holds an array numpy cannot read without pickle ({exc}); "
-                             "store plain numeric arrays (uint8/float images, integer labels)") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InvalidDataset(f"the .npz is truncated or corrupt ({exc})") from None
+    """Reads the four splits of an `.npz` without pickle, after checking every member's real bytes."""
+    _, (x_train, y_train, x_val, y_val) = npz.load_npz(path)
     return x_train, y_train, x_val, y_val

@@ -13,17 +13,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from workers.compression import onnx_import, zoo
+from workers.compression import onnx_import, safetensors_file, zoo
 from workers.compression.config import ARCHITECTURES
 from workers.compression.errors import InvalidConfig, InvalidModel
+from workers.compression.safetensors_file import ALLOWED_DTYPES, TensorTable, listing
 from workers.compression.sniff import sniff_model_file
 
-__all__ = ["ALLOWED_DTYPES", "LoadedModel", "load_model"]
+__all__ = ["ALLOWED_DTYPES", "LoadedModel", "check_safetensors", "load_model"]
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
-ALLOWED_DTYPES = frozenset({"F32", "F16", "BF16"})  # plus I64, for BatchNorm's num_batches_tracked only
-_LISTED = 12  # how many offending keys an error message names before summarizing
 
 
 @dataclass
@@ -53,49 +52,50 @@ def load_model(
 def _load_onnx(path: Path, input_shape: tuple[int, ...], num_classes: int) -> LoadedModel:
     """Validates and converts an ONNX file whose input and output fit the dataset."""
     model = onnx_import.read_onnx(path)
-    dims, classes = onnx_import.signature(model)
-    fits = len(dims) == len(input_shape) and all(
-        d in (None, s) for d, s in zip(dims, input_shape, strict=True))
-    if not fits:
-        shown = tuple("?" if d is None else d for d in dims)
-        raise InvalidModel(f"the model takes samples of shape {shown} but the dataset's are {input_shape}")
+    classes = onnx_import.check_fits(model, input_shape, num_classes)
     module = onnx_import.to_torch(model, input_shape)
     with torch.no_grad():
         outputs = int(module(torch.zeros(1, *input_shape)).shape[1]) if classes is None else classes
-    _check_classes(outputs, num_classes)
+    onnx_import.check_classes(outputs, num_classes)
     return LoadedModel(module, "onnx", None, input_shape, outputs)
+
+
+def check_safetensors(
+    path: Path, *, architecture: str, input_shape: tuple[int, ...], num_classes: int,
+) -> int:
+    """Checks that weights fit the architecture from the header alone (no tensor read); returns classes."""
+    return _classes(_fitted_module(path, architecture, input_shape, num_classes)[0])
+
+
+def _fitted_module(path: Path, architecture: str, input_shape: tuple[int, ...], num_classes: int,
+                   ) -> tuple[nn.Module, TensorTable]:
+    """Builds the architecture for the file's class count after checking its header's keys and shapes."""
+    table = safetensors_file.read_header(path)
+    module = _zoo_module(architecture, table.shapes, input_shape, num_classes)
+    _check_keys(module, table.shapes, architecture, table.metadata.get("architecture"))
+    return module, table
 
 
 def _load_safetensors(
     path: Path, architecture: str, input_shape: tuple[int, ...], num_classes: int,
 ) -> LoadedModel:
     """Reads weights with the official reader and loads them strictly into the zoo architecture."""
+    module, table = _fitted_module(path, architecture, input_shape, num_classes)
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
-            dtypes = {key: f.get_slice(key).get_dtype() for key in shapes}
-            _check_dtypes(dtypes)
-            metadata = f.metadata() or {}
-            module = _zoo_module(architecture, shapes, input_shape, num_classes)
-            _check_keys(module, shapes, architecture, metadata.get("architecture"))
-            state = {key: f.get_tensor(key) for key in shapes}
+            state = {key: f.get_tensor(key) for key in table.shapes}
     except SafetensorError as exc:
         raise InvalidModel(f"the safetensors file is truncated or malformed: {exc}") from None
     state = {k: v if k.endswith("num_batches_tracked") else v.float() for k, v in state.items()}
     module.load_state_dict(state, strict=True)
     module.float().eval()
-    classes = int(next(m for m in reversed(list(module.modules())) if isinstance(m, nn.Linear)).out_features)
     norm = zoo.default_norm(architecture, input_shape)
-    return LoadedModel(module, "safetensors", norm, input_shape, classes)
+    return LoadedModel(module, "safetensors", norm, input_shape, _classes(module))
 
 
-def _check_dtypes(dtypes: dict[str, str]) -> None:
-    """Refuses tensors outside the float allow-list (int64 only for BatchNorm's step counter)."""
-    bad = [f"{key} ({dtype})" for key, dtype in dtypes.items()
-           if dtype not in ALLOWED_DTYPES and not (dtype == "I64" and key.endswith("num_batches_tracked"))]
-    if bad:
-        raise InvalidModel(f"unsupported tensor dtypes: {_listing(bad)}; weights must be float32, float16 "
-                           "or bfloat16")
+def _classes(module: nn.Module) -> int:
+    """Returns the output count of a zoo network (its last Linear layer)."""
+    return int(next(m for m in reversed(list(module.modules())) if isinstance(m, nn.Linear)).out_features)
 
 
 def _zoo_module(architecture: str, shapes: dict[str, tuple[int, ...]], input_shape: tuple[int, ...],
@@ -105,16 +105,9 @@ def _zoo_module(architecture: str, shapes: dict[str, tuple[int, ...]], input_sha
     head = next(name for name, m in reversed(list(module.named_modules())) if isinstance(m, nn.Linear))
     stored = shapes.get(f"{head}.weight", ())
     if len(stored) == 2 and stored[0] != num_classes:
-        _check_classes(stored[0], num_classes)
+        onnx_import.check_classes(stored[0], num_classes)
         module = zoo.build(architecture, num_classes=stored[0], input_shape=input_shape)
     return module
-
-
-def _check_classes(outputs: int, num_classes: int) -> None:
-    """Refuses a model with fewer outputs than the dataset has classes."""
-    if outputs < num_classes:
-        raise InvalidModel(f"the model has {outputs} outputs but the dataset's labels go up to "
-                           f"{num_classes - 1}; they must be class indices below {outputs}")
 
 
 def _check_keys(module: nn.Module, shapes: dict[str, tuple[int, ...]], architecture: str,
@@ -128,14 +121,8 @@ def _check_keys(module: nn.Module, shapes: dict[str, tuple[int, ...]], architect
     if not (missing or unexpected or wrong):
         return
     groups = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong))
-    problems = [f"{label}: {_listing(keys)}" for label, keys in groups if keys]
+    problems = [f"{label}: {listing(keys)}" for label, keys in groups if keys]
     hint = ""
     if stored_architecture and stored_architecture != architecture:
         hint = f" The file's metadata says it is a {stored_architecture!r}."
     raise InvalidModel(f"the weights do not fit architecture {architecture!r} — {'; '.join(problems)}.{hint}")
-
-
-def _listing(items: list[str]) -> str:
-    """Joins the first few items, saying how many more there are."""
-    more = f" … and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
-    return ", ".join(items[:_LISTED]) + more

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_ONNX_BYTES",
+    "check_classes",
+    "check_fits",
     "onnx_input_shape",
     "read_onnx",
     "signature",
@@ -72,6 +74,26 @@ def signature(model: onnx.ModelProto) -> tuple[tuple[int | None, ...], int | Non
         raise InvalidModel(f"the model's input has rank {len(dims)}; it must be (batch, ...) with rank >= 2")
     out = _dims(model.graph.output[0].type.tensor_type.shape)
     return tuple(dims[1:]), out[-1] if len(out) == 2 else None
+
+
+def check_fits(model: onnx.ModelProto, input_shape: tuple[int, ...], num_classes: int) -> int | None:
+    """Refuses a model that cannot take the dataset's samples or declares too few outputs; returns them."""
+    dims, classes = signature(model)
+    fits = len(dims) == len(input_shape) and all(
+        d in (None, s) for d, s in zip(dims, input_shape, strict=True))
+    if not fits:
+        shown = tuple("?" if d is None else d for d in dims)
+        raise InvalidModel(f"the model takes samples of shape {shown} but the dataset's are {input_shape}")
+    if classes is not None:
+        check_classes(classes, num_classes)
+    return classes
+
+
+def check_classes(outputs: int, num_classes: int) -> None:
+    """Refuses a model with fewer outputs than the dataset has classes."""
+    if outputs < num_classes:
+        raise InvalidModel(f"the model has {outputs} outputs but the dataset's labels go up to "
+                           f"{num_classes - 1}; they must be class indices below {outputs}")
 
 
 def _dims(shape: onnx.TensorShapeProto) -> list[int | None]:

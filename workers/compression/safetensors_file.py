@@ -1,0 +1,69 @@
+"""safetensors headers read with the official reader, bounded and allow-listed, without torch.
+
+The official reader validates the JSON header itself (offsets contiguous and non-overlapping, shapes
+without overflow, the file exactly covered); this adds a smaller header cap than the library's 100 MiB
+and a dtype allow-list. The upload sandbox and `model_io` both read headers here.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from workers.compression.errors import InvalidModel
+
+__all__ = ["ALLOWED_DTYPES", "MAX_HEADER_BYTES", "TensorTable", "read_header"]
+
+ALLOWED_DTYPES = frozenset({"F32", "F16", "BF16"})  # plus I64, for BatchNorm's num_batches_tracked only
+MAX_HEADER_BYTES = 8 << 20  # the header of ResNet-110 is ~50 KB; the library itself allows 100 MiB
+_LISTED = 12  # how many offending keys an error message names before summarizing
+
+
+@dataclass(frozen=True)
+class TensorTable:
+    """What a safetensors header declares: each tensor's shape and dtype, and the free-form metadata."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+    metadata: dict[str, str]
+
+
+def read_header(path: Path) -> TensorTable:
+    """Parses and checks a safetensors header (size cap, official validation, dtype allow-list)."""
+    with path.open("rb") as f:
+        prefix = f.read(8)
+    if len(prefix) < 8:
+        raise InvalidModel("the safetensors file is truncated (no header length)")
+    (declared,) = struct.unpack("<Q", prefix)
+    size = path.stat().st_size
+    if declared > MAX_HEADER_BYTES or declared > size - 8:
+        raise InvalidModel(f"the safetensors header declares {declared} bytes (file: {size} bytes; limit "
+                           f"{MAX_HEADER_BYTES}); it is truncated or not a real weights file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = list(f.keys())
+            shapes = {key: tuple(int(d) for d in f.get_slice(key).get_shape()) for key in keys}
+            dtypes = {key: str(f.get_slice(key).get_dtype()) for key in keys}
+            metadata = dict(f.metadata() or {})
+    except SafetensorError as exc:
+        raise InvalidModel(f"the safetensors file is truncated or malformed: {exc}") from None
+    _check_dtypes(dtypes)
+    return TensorTable(shapes, dtypes, metadata)
+
+
+def _check_dtypes(dtypes: dict[str, str]) -> None:
+    """Refuses tensors outside the float allow-list (int64 only for BatchNorm's step counter)."""
+    bad = [f"{key} ({dtype})" for key, dtype in dtypes.items()
+           if dtype not in ALLOWED_DTYPES and not (dtype == "I64" and key.endswith("num_batches_tracked"))]
+    if bad:
+        raise InvalidModel(f"unsupported tensor dtypes: {listing(bad)}; weights must be float32, float16 "
+                           "or bfloat16")
+
+
+def listing(items: list[str]) -> str:
+    """Joins the first few items, saying how many more there are."""
+    more = f" … and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
+    return ", ".join(items[:_LISTED]) + more
