@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import stat
 import tarfile
 import warnings
@@ -25,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from workers.compression.errors import InvalidDataset
 
-__all__ = ["DEFAULT_LIMITS", "ArchiveLimits", "read_image_folder"]
+__all__ = ["DEFAULT_LIMITS", "ArchiveLimits", "FolderSummary", "read_image_folder", "scan_image_folder"]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -51,11 +52,39 @@ class ArchiveLimits:
 DEFAULT_LIMITS = ArchiveLimits()
 
 
+@dataclass(frozen=True)
+class FolderSummary:
+    """What an image-folder archive holds, learned from image headers alone (nothing decoded)."""
+
+    sample_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    train_images: int
+    val_images: int
+
+
+# One image as the walk yields it: (class name, member name, pixels or None when only probed).
+_Found = dict[str, list[tuple[str, str, np.ndarray | None]]]
+
+
 def read_image_folder(
     path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimits = DEFAULT_LIMITS,
 ) -> Arrays:
     """Returns (x_train, y_train, x_val, y_val): uint8 (N, C, H, W) images and int64 labels by class name."""
-    found: dict[str, list[tuple[str, str, np.ndarray]]] = {split: [] for split in _SPLITS}
+    return _arrays(_walk(path, kind, limits, decode=True)[0])
+
+
+def scan_image_folder(
+    path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimits = DEFAULT_LIMITS,
+) -> FolderSummary:
+    """Checks every member and image header like `read_image_folder`, without decoding any pixels."""
+    found, shape = _walk(path, kind, limits, decode=False)
+    return FolderSummary(shape, len(_classes(found)), len(found["train"]), len(found["val"]))
+
+
+def _walk(path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimits, *, decode: bool
+          ) -> tuple[_Found, tuple[int, int, int]]:
+    """Reads every member under the limits; decodes the images (or reads only their headers), one size."""
+    found: _Found = {split: [] for split in _SPLITS}
     decoded, shape = 0, None
     members = _zip_members(path, limits) if kind == "zip" else _tar_members(path, kind == "tar.gz", limits)
     with _pixel_cap(limits.max_image_pixels):
@@ -63,17 +92,21 @@ def read_image_folder(
             place = _place(name)
             if place is None:
                 continue
-            array = _decode(name, data, limits)
+            array = _decode(name, data, limits) if decode else None
+            c, h, w = _probe(name, data, limits) if array is None else array.shape
+            this = (c, h, w)
             if shape is None:
-                shape = array.shape
-            elif array.shape != shape:
-                raise InvalidDataset(f"{name} is {_describe(array.shape)} but earlier images are "
+                shape = this
+            elif this != shape:
+                raise InvalidDataset(f"{name} is {_describe(this)} but earlier images are "
                                      f"{_describe(shape)}; all images must share one size and mode")
-            decoded += array.nbytes
+            decoded += math.prod(this)  # uint8 pixels: decoded now, or by the worker later
             if decoded > limits.max_decoded_bytes:
                 raise InvalidDataset(f"the decoded images exceed {limits.max_decoded_bytes} bytes")
             found[place[0]].append((place[1], name, array))
-    return _arrays(found)
+    _classes(found)
+    assert shape is not None  # _classes refused an archive without images
+    return found, shape
 
 
 def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
@@ -206,8 +239,9 @@ def _pixel_cap(pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def _decode(name: str, data: bytes, limits: ArchiveLimits) -> np.ndarray:
-    """Decodes one PNG/JPEG to uint8 (C, H, W) after checking its declared size; RGB or grayscale only."""
+@contextlib.contextmanager
+def _opened(name: str, data: bytes, limits: ArchiveLimits) -> Iterator[Image.Image]:
+    """Opens one PNG/JPEG (header only) after checking its declared size and mode; maps Pillow's errors."""
     try:
         with Image.open(BytesIO(data), formats=["PNG", "JPEG"]) as image:
             width, height = image.size
@@ -216,12 +250,25 @@ def _decode(name: str, data: bytes, limits: ArchiveLimits) -> np.ndarray:
                                      f"{limits.max_image_pixels} pixels per image")
             if image.mode not in _MODES:
                 raise InvalidDataset(f"{name} has pixel mode {image.mode}; use 8-bit RGB or grayscale images")
-            array = np.asarray(image.convert(_MODES[image.mode]), dtype=np.uint8)
+            yield image
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidDataset(f"{name} is not a decodable PNG/JPEG within the limits ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's ways of saying "truncated or corrupt"
         raise InvalidDataset(f"{name} is a truncated or corrupt image ({exc})") from None
+
+
+def _decode(name: str, data: bytes, limits: ArchiveLimits) -> np.ndarray:
+    """Decodes one PNG/JPEG to uint8 (C, H, W); RGB or grayscale only."""
+    with _opened(name, data, limits) as image:
+        array = np.asarray(image.convert(_MODES[image.mode]), dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _probe(name: str, data: bytes, limits: ArchiveLimits) -> tuple[int, int, int]:
+    """Returns the (C, H, W) an image will decode to, reading only its header."""
+    with _opened(name, data, limits) as image:
+        width, height = image.size
+        return (1 if _MODES[image.mode] == "L" else 3, height, width)
 
 
 def _describe(shape: tuple[int, ...]) -> str:
@@ -229,17 +276,23 @@ def _describe(shape: tuple[int, ...]) -> str:
     return f"{shape[2]}x{shape[1]} {'RGB' if shape[0] == 3 else 'grayscale'}"
 
 
-def _arrays(found: dict[str, list[tuple[str, str, np.ndarray]]]) -> Arrays:
-    """Stacks each split in name order; labels index the sorted class names of the training split."""
+def _classes(found: _Found) -> list[str]:
+    """Returns the sorted class names of the training split; both splits must hold images of them."""
     if not found["train"] or not found["val"]:
         raise InvalidDataset("the archive needs images under both train/<class>/ and val/<class>/")
     classes = sorted({cls for cls, _, _ in found["train"]})
     extra = sorted({cls for cls, _, _ in found["val"]} - set(classes))
     if extra:
         raise InvalidDataset(f"val has classes with no training images: {extra}")
-    index = {cls: i for i, cls in enumerate(classes)}
+    return classes
+
+
+def _arrays(found: _Found) -> Arrays:
+    """Stacks each split in name order; labels index the sorted class names of the training split."""
+    index = {cls: i for i, cls in enumerate(_classes(found))}
     out: list[np.ndarray] = []
     for split in _SPLITS:
         items = sorted(found[split], key=lambda item: item[1])
-        out += [np.stack([a for _, _, a in items]), np.array([index[c] for c, _, _ in items], dtype=np.int64)]
+        out += [np.stack([a for _, _, a in items if a is not None]),
+                np.array([index[c] for c, _, _ in items], dtype=np.int64)]
     return out[0], out[1], out[2], out[3]

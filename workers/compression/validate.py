@@ -1,0 +1,146 @@
+"""`python -m workers.compression.validate`: checks an uploaded model and dataset inside a locked-down child.
+
+The service (service/jobs/sandbox.py) runs this in a fresh process whose environment holds no credentials.
+Before it opens either file it caps its own resources: address space, CPU seconds, open files, and a file
+size of 0 (it has no reason to write anything). Then it parses both inputs with the engine's own
+validators — the dataset first (it fixes the sample shape and class count), then the model against it —
+and prints one JSON line per stage and a last verdict line:
+
+    {"stage": "dataset"}  {"stage": "model"}  {"ok": true, "model_format": ..., ...}
+    or {"ok": false, "code": "invalid_model", "message": ...}
+
+A child that dies (a limit's signal, a crashing parser) leaves its last stage line naming the culprit.
+Torch is imported only to compare safetensors weights with a zoo architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from workers.compression.config import ARCHITECTURES
+from workers.compression.errors import InvalidConfig, InvalidDataset, UserError
+
+__all__ = ["MAX_OPEN_FILES", "RESOURCES_EXCEEDED", "inspect_inputs", "limit_resources", "main"]
+
+RESOURCES_EXCEEDED = "parse_resources_exceeded"
+MAX_OPEN_FILES = 64  # the interpreter, its libraries and two inputs need far fewer
+_MAX_MESSAGE = 2000  # characters of an error message passed back (input-derived names are truncated)
+_STAGE_CODES = {"dataset": "invalid_dataset", "model": "invalid_model"}
+
+
+def limit_resources(*, memory_bytes: int, cpu_s: int) -> None:
+    """Caps this process before it touches untrusted bytes: memory, CPU time, files written, files open."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU at the soft limit, SIGKILL after
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # any write to a file: SIGXFSZ
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
+
+
+def inspect_inputs(model: Path, dataset: Path, architecture: str | None,
+                   on_stage: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Validates the dataset, then the model against it; returns their formats, sample shape and classes."""
+    from workers.compression.sniff import sniff_dataset_file, sniff_model_file
+
+    on_stage("dataset")
+    dataset_format = sniff_dataset_file(dataset)
+    input_shape, num_classes = _dataset_facts(dataset, dataset_format)
+    on_stage("model")
+    model_format = sniff_model_file(model)
+    if model_format == "onnx":
+        from workers.compression import onnx_import
+
+        classes = onnx_import.check_fits(onnx_import.read_onnx(model), input_shape, num_classes)
+    else:
+        classes = _weights_classes(model, architecture, input_shape, num_classes)
+    return {"ok": True, "model_format": model_format, "dataset_format": dataset_format,
+            "input_shape": list(input_shape), "num_classes": num_classes, "model_classes": classes}
+
+
+def _dataset_facts(path: Path, kind: str) -> tuple[tuple[int, ...], int]:
+    """Returns (sample shape, class count) of a dataset, checked in full but without loading its images."""
+    if kind == "npz":
+        from workers.compression import npz
+
+        members, (y_train, y_val) = npz.load_npz(path, ("y_train", "y_val"))
+        x_train, x_val = members["x_train"], members["x_val"]
+        shape = npz.check_samples("x_train", x_train.shape, x_train.dtype)
+        val_shape = npz.check_samples("x_val", x_val.shape, x_val.dtype)
+        if val_shape != shape:
+            raise InvalidDataset(f"x_train samples have shape {shape} but x_val samples {val_shape}; both "
+                                 "splits must share one sample shape")
+        y_train = npz.check_labels(y_train, "y_train", x_train.shape[0])
+        y_val = npz.check_labels(y_val, "y_val", x_val.shape[0])
+        return shape, npz.num_classes(y_train, y_val)
+    from workers.compression.archives import scan_image_folder
+
+    summary = scan_image_folder(path, kind)  # type: ignore[arg-type]  # sniffed: zip, tar or tar.gz
+    return summary.sample_shape, summary.num_classes
+
+
+def _weights_classes(model: Path, architecture: str | None, input_shape: tuple[int, ...],
+                     num_classes: int) -> int:
+    """Checks safetensors weights against the architecture: header first (no torch), then keys/shapes."""
+    from workers.compression.safetensors_file import read_header
+
+    read_header(model)  # refuses a malformed or oversized header before torch is even imported
+    if architecture is None:
+        raise InvalidConfig(f"safetensors files hold weights only; set `architecture` to the network they "
+                            f"belong to, one of {list(ARCHITECTURES)}")
+    from workers.compression.model_io import check_safetensors
+
+    return check_safetensors(model, architecture=architecture, input_shape=input_shape,
+                             num_classes=num_classes)
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    """Writes one JSON line to stdout, at once."""
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parses the child's arguments (paths and limits; nothing here comes from the uploader)."""
+    parser = argparse.ArgumentParser(prog="python -m workers.compression.validate",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--architecture", default=None)
+    parser.add_argument("--memory-bytes", type=int, required=True)
+    parser.add_argument("--cpu-s", type=int, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Limits itself, validates both inputs and prints the verdict; exits 0 whenever it could answer."""
+    args = _parse(argv)
+    limit_resources(memory_bytes=args.memory_bytes, cpu_s=args.cpu_s)
+    stages = ["dataset"]
+
+    def announce(stage: str) -> None:
+        stages.append(stage)
+        _emit({"stage": stage})
+
+    verdict: dict[str, Any]
+    try:
+        verdict = inspect_inputs(args.model, args.dataset, args.architecture, announce)
+    except UserError as exc:
+        verdict = {"ok": False, "code": exc.code, "message": exc.message[:_MAX_MESSAGE]}
+    except MemoryError:
+        verdict = {"ok": False, "code": RESOURCES_EXCEEDED,
+                   "message": "parsing the upload needed more memory than the validation limit allows"}
+    except Exception as exc:  # a parser failing in a way nobody typed is still a refusal of that input
+        verdict = {"ok": False, "code": _STAGE_CODES[stages[-1]],
+                   "message": f"the {stages[-1]} file could not be parsed ({type(exc).__name__})"}
+    _emit(verdict)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
