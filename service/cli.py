@@ -27,6 +27,7 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("service.serve:main", "run the API (and, by default, an embedded worker)"),
     "worker": Command("workers.worker_cli:main", "run a worker for the configured database/broker/storage"),
     "migrate": Command("service.cli:migrate", "bring the database schema up to date (alembic upgrade head)"),
+    "keys": Command("service.auth.cli:main", "create, list or revoke API keys (keys create --tenant T)"),
     **{
         name: Command("service.client_cli:main", help, keep_name=True)
         for name, help in (

@@ -9,10 +9,12 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "Conflict",
+    "Forbidden",
     "InvalidRequest",
     "NotFound",
     "PayloadTooLarge",
     "ServiceError",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
@@ -25,9 +27,12 @@ class ServiceError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}  # e.g. Retry-After, WWW-Authenticate
         if code is not None:
             self.code = code
 
@@ -42,6 +47,12 @@ class Unauthorized(ServiceError):
     """No valid credentials were presented."""
 
     status, code = 401, "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """The caller is known but may not do this now (e.g. its storage quota is used up)."""
+
+    status, code = 403, "forbidden"
 
 
 class NotFound(ServiceError):
@@ -72,6 +83,12 @@ class InvalidRequest(ServiceError):
     """The request is well-formed but asks for something invalid (missing part, bad cursor, …)."""
 
     status, code = 422, "invalid_request"
+
+
+class TooManyRequests(ServiceError):
+    """The caller went over a rate or concurrency limit; `Retry-After` says when to try again."""
+
+    status, code = 429, "rate_limited"
 
 
 class Unavailable(ServiceError):

@@ -7,9 +7,10 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
-from service.errors import Unauthorized
+from service.auth.service import KeyService
 from service.jobs.service import JobService
 from service.settings import Settings
 from service.storage.base import ObjectStore
@@ -50,11 +51,20 @@ def get_jobs(context: Annotated[AppContext, Depends(get_context)]) -> JobService
     return context.jobs
 
 
-def get_tenant(context: Annotated[AppContext, Depends(get_context)]) -> str:
-    """Returns the caller's tenant: "public" when auth is open; API keys (auth=keys) come with issue 6."""
+# Declares the scheme in OpenAPI; it never refuses by itself (get_tenant gives one 401 for every failure).
+_bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                     description="`Authorization: Bearer sk_<id>_<secret>` (from `secateur keys create`)")
+
+
+def get_tenant(
+    context: Annotated[AppContext, Depends(get_context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Returns the caller's tenant: "public" when auth is open, else the tenant of its valid API key."""
     if context.settings.auth == "open":
         return OPEN_TENANT
-    raise Unauthorized("this server requires an API key (Authorization: Bearer <key>)")
+    keys = KeyService(context.jobs.sessions)
+    return keys.authenticate(credentials.credentials if credentials is not None else None)
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]

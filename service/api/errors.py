@@ -20,7 +20,8 @@ __all__ = ["error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+               429: "rate_limited"}
 
 
 def error_response(
@@ -33,7 +34,7 @@ def error_response(
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     """A deliberate service error: its own status and code."""
     assert isinstance(exc, ServiceError)
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.headers or None)
 
 
 async def _engine_error(_: Request, exc: Exception) -> JSONResponse:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["STATUSES", "Base", "Job", "JobEvent", "UTCDateTime", "new_job_id", "utcnow"]
+__all__ = ["STATUSES", "ApiKey", "Base", "Job", "JobEvent", "UTCDateTime", "new_job_id", "utcnow"]
 
 STATUSES: tuple[str, ...] = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 
@@ -122,3 +122,17 @@ class JobEvent(Base):
     actor: Mapped[str] = mapped_column(String(255))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key (`sk_<id>_<secret>`): its tenant and the sha256 of its secret (never the secret itself)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_tenant", "tenant"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the public part, shown in listings
+    tenant: Mapped[str] = mapped_column(String(64))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]

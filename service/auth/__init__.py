@@ -1,0 +1,1 @@
+"""API keys: creation, storage (hashed), authentication and revocation."""
