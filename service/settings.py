@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     broker_timeout_s: float = Field(default=2.0, gt=0)
     presign_expires_s: int = Field(default=300, ge=1, le=3600)
 
+    # Uploads are parsed at submit time in a sandboxed child (service/jobs/sandbox.py, docs/security.md).
+    validate_uploads: bool = True  # off: only the cheap head sniff at submit; the worker still validates
+    sandbox_timeout_s: float = Field(default=120.0, gt=0)  # wall clock, whole child
+    sandbox_cpu_s: int = Field(default=120, ge=1)  # RLIMIT_CPU of the child
+    sandbox_memory_bytes: int = Field(default=4096 * _MiB, ge=256 * _MiB)  # RLIMIT_AS of the child
+    sandbox_concurrency: int = Field(default=2, ge=1)  # children at once per API process; more wait
+
+    # Per-tenant abuse limits (service/limits.py).
+    submit_rate_per_minute: float = Field(default=30.0, gt=0)  # token bucket refill on POST /jobs
+    submit_burst: int = Field(default=10, ge=1)  # bucket size
+    max_active_jobs_per_tenant: int = Field(default=4, ge=1)  # queued + running + cancelling
+    max_stored_bytes_per_tenant: int = Field(default=50 * 1024 * _MiB, ge=1)  # inputs of kept jobs
+    poll_interval_s: int = Field(default=2, ge=1)  # Retry-After on the status of an unfinished job
+
     # Worker-side knobs (read by workers/, kept here so one place documents every setting).
     progress_write_interval_s: float = Field(default=2.0, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)

@@ -16,6 +16,7 @@ from service.jobs.states import ACTIVE, TERMINAL, sources_of
 
 __all__ = [
     "claim_job",
+    "count_unfinished_jobs",
     "create_job",
     "delete_job",
     "finish_job",
@@ -28,6 +29,7 @@ __all__ = [
     "record_event",
     "request_cancel",
     "set_checkpoint",
+    "stored_input_bytes",
     "update_progress",
 ]
 
@@ -184,3 +186,15 @@ def list_events(session: Session, *, job_id: str, after_id: int = 0) -> list[Job
     """Returns the job's events in the order they were recorded, after a given event id."""
     stmt = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id)
     return list(session.execute(stmt).scalars())
+
+
+def count_unfinished_jobs(session: Session, *, tenant: str) -> int:
+    """Counts the tenant's jobs that are not finished (queued, running or cancelling): its concurrency."""
+    stmt = select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.not_in(TERMINAL))
+    return int(session.execute(stmt).scalar_one())
+
+
+def stored_input_bytes(session: Session, *, tenant: str) -> int:
+    """Sums the uploaded bytes (model + dataset) of every job the tenant keeps: its storage use."""
+    stmt = select(func.coalesce(func.sum(Job.model_bytes + Job.dataset_bytes), 0)).where(Job.tenant == tenant)
+    return int(session.execute(stmt).scalar_one())

@@ -19,7 +19,8 @@ from service.db.models import Job
 from service.db.session import session_scope
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.jobs import repository
-from service.jobs.inputs import ZIP_FORMATS, check_model_fits, parse_config, sniff_zip_dataset
+from service.jobs.admission import admit_uploads
+from service.jobs.inputs import check_model_fits, parse_config
 from service.jobs.states import is_terminal
 from service.queue import send_wakeup
 from service.settings import Settings
@@ -117,10 +118,8 @@ class JobService:
         """Validates the submission and inserts the queued job (committed on return)."""
         config = parse_config(config_text)
         check_model_fits(config, model.format)
-        dataset_format = dataset.format
-        if dataset_format in ZIP_FORMATS:
-            dataset_format = sniff_zip_dataset(self.store, dataset.key, dataset.size, dataset.head,
-                                               max_directory=self.settings.max_zip_directory_bytes)
+        dataset_format = admit_uploads(settings=self.settings, sessions=self.sessions, store=self.store,
+                                       tenant=tenant, config=config, model=model, dataset=dataset)
         normalized = config.model_dump(mode="json", exclude_none=True)
         request_hash = _request_hash(normalized, model, dataset)
         job = Job(id=job_id, tenant=tenant, status="queued", config=normalized, progress={},

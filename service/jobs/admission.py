@@ -1,0 +1,40 @@
+"""What a job's stored uploads must pass before the job is queued: the storage quota, then their content."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.session import session_scope
+from service.jobs import repository
+from service.jobs.inputs import ZIP_FORMATS, sniff_zip_dataset
+from service.jobs.sandbox import inspect_uploads
+from service.limits import check_storage
+from service.settings import Settings
+from service.storage.base import ObjectStore
+from workers.compression.config import JobConfig
+
+if TYPE_CHECKING:
+    from service.jobs.service import StoredInput
+
+__all__ = ["admit_uploads"]
+
+
+def admit_uploads(*, settings: Settings, sessions: sessionmaker[Session], store: ObjectStore, tenant: str,
+                  config: JobConfig, model: StoredInput, dataset: StoredInput) -> str:
+    """Checks the quota with the new bytes, then validates both files (sandboxed); returns the dataset format.
+
+    With `validate_uploads` off only the cheap checks run here (the head sniff already ran while the
+    upload streamed in; a ZIP dataset is classified by its member names); the worker validates in full.
+    """
+    with session_scope(sessions) as session:
+        used = repository.stored_input_bytes(session, tenant=tenant)
+    check_storage(settings, used, model.size + dataset.size)
+    if settings.validate_uploads:
+        return inspect_uploads(store, settings, model=model, dataset=dataset,
+                               architecture=config.architecture).dataset_format
+    if dataset.format in ZIP_FORMATS:
+        return sniff_zip_dataset(store, dataset.key, dataset.size, dataset.head,
+                                 max_directory=settings.max_zip_directory_bytes)
+    return dataset.format
