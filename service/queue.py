@@ -49,8 +49,12 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 def make_celery(settings: Settings) -> Celery:
     """Returns a producer-only Celery app (no tasks registered: it sends by name, imports no worker code)."""
+    options = broker_options(settings)
+    # A request must not wait out kombu's default reconnect backoff (~2 s): one quick retry, then give up.
+    transport = options.setdefault("broker_transport_options", {})
+    transport.update({"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1})
     app = Celery("secateur-api", set_as_current=False)
-    app.conf.update(broker_options(settings))
+    app.conf.update(options)
     return app
 
 

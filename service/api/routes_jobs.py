@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -16,7 +16,7 @@ from service.jobs.schemas import ErrorBody, JobOut, JobPage, job_out
 __all__ = ["router"]
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-ArtifactName = Literal["model.onnx", "model.onnx.zst"]
+ArtifactName = Annotated[str, Path(description="model.onnx or model.onnx.zst", examples=["model.onnx"])]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
 
 

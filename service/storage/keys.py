@@ -35,11 +35,19 @@ def check_key(key: str) -> str:
     return key
 
 
+def _is_uuid(text: str) -> bool:
+    """Tells whether `text` is a UUID in its canonical lower-case form (as `new_job_id` makes them)."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
 def job_prefix(tenant: str, job_id: str) -> str:
     """Returns the folder (ending in "/") that holds every object of one job."""
     if not _TENANT.fullmatch(tenant):
         raise ValueError(f"invalid tenant {tenant!r}")
-    if str(uuid.UUID(job_id)) != job_id:
+    if not _is_uuid(job_id):
         raise ValueError(f"invalid job id {job_id!r}")
     return f"tenants/{tenant}/jobs/{job_id}/"
 
