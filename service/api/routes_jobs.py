@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobsDep, TenantDep
+from service.api.submit_guard import admit_submission
 from service.api.uploads import receive_job_upload
 from service.db.models import new_job_id, utcnow
 from service.jobs.schemas import ErrorBody, JobOut, JobPage, job_out
+from service.limits import poll_headers
 
 __all__ = ["router"]
 
@@ -58,7 +60,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=202, response_model=JobOut, openapi_extra=_UPLOAD_OPENAPI,
-             responses=_errors(400, 401, 409, 413, 415, 422, 503))
+             dependencies=[Depends(admit_submission)],  # rate limit and quotas, before the body is read
+             responses=_errors(400, 401, 403, 409, 413, 415, 422, 429, 503))
 async def create_job(
     request: Request,
     response: Response,
@@ -73,6 +76,7 @@ async def create_job(
         lambda: jobs.submit(tenant=tenant, job_id=job_id, config_text=upload.config_text, model=upload.model,
                             dataset=upload.dataset, idempotency_key=idempotency_key))
     response.headers["Location"] = f"/jobs/{job.id}"
+    response.headers.update(poll_headers(job, jobs.settings))
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return job_out(job, utcnow())
@@ -93,9 +97,14 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_errors(401, 404, 503))
-def get_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> JobOut:
-    """Returns a job: status, stage, progress with ETA, metrics, error, timestamps and links."""
-    return job_out(jobs.get(tenant=tenant, job_id=job_id), utcnow())
+def get_job(job_id: str, response: Response, jobs: JobsDep, tenant: TenantDep) -> JobOut:
+    """Returns a job: status, stage, progress with ETA, metrics, error, timestamps and links.
+
+    While the job is unfinished, `Retry-After` suggests how many seconds to wait before polling again.
+    """
+    job = jobs.get(tenant=tenant, job_id=job_id)
+    response.headers.update(poll_headers(job, jobs.settings))
+    return job_out(job, utcnow())
 
 
 @router.get("/{job_id}/report",
