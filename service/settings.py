@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     torch_threads: int = Field(default=1, ge=1)
 
+    # Reliability (service/reaper.py, workers/heartbeat.py, docs/reliability.md): seconds in tests, minutes in
+    # production.
+    reaper_enabled: bool = True  # run the reaper loop in this process (the API and every worker parent)
+    reaper_interval_s: float = Field(default=15.0, gt=0)  # between two sweeps
+    wakeup_resend_after_s: float = Field(default=60.0, gt=0)  # a job queued this long unclaimed is re-sent
+    max_runtime_s: float = Field(default=24 * 3600.0, gt=0)  # since the job first started: failed/max_runtime
+    stop_grace_s: float = Field(default=30.0, gt=0)  # cancel/lost lease/max runtime, then the job exits
+    shutdown_grace_s: float = Field(default=30.0, gt=0)  # SIGTERM: checkpoint and release within this
+    db_outage_retry_s: float = Field(default=120.0, ge=0)  # a worker retries its final writes this long
+    oom_retries: int = Field(default=3, ge=0)  # CUDA out of memory: halve the batch size this many times
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         """Fills empty URLs with the embedded default (SQLite, filesystem broker, local objects)."""
