@@ -38,8 +38,16 @@ def anyio_backend() -> str:
 
 
 def safetensors_model(padding_mib: int = 0) -> bytes:
-    """A tiny real safetensors file (a 3→2 linear layer), plus an optional tensor of `padding_mib` MiB."""
-    tensors = {"fc.weight": np.ones((2, 3), np.float32), "fc.bias": np.zeros(2, np.float32)}
+    """Real `mlp` weights (LeNet-300-100) for npz_dataset's 3 features and 2 classes (~126 KB).
+
+    `padding_mib` adds a tensor of that size (for streaming tests; the architecture no longer fits).
+    """
+    rng = np.random.default_rng(0)
+    shapes = {"fc1": (300, 3), "fc2": (100, 300), "fc3": (2, 100)}
+    tensors: dict[str, np.ndarray] = {}
+    for name, (out, inp) in shapes.items():
+        tensors[f"{name}.weight"] = (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+        tensors[f"{name}.bias"] = np.zeros(out, np.float32)
     if padding_mib:
         tensors["padding"] = np.arange(padding_mib << 18, dtype=np.float32)  # 4 bytes each
     return save_safetensors(tensors)
