@@ -1,74 +1,62 @@
-"""The job runner: claim (fenced) → fetch inputs → compress → upload artifacts → fenced commit.
+"""The job runner: claim (fenced) → heartbeat → fetch inputs → compress → upload artifacts → fenced commit.
 
 Every write after the claim carries the lease's epoch, so a worker that lost its lease (reaped, or a
-duplicate) can change nothing. Whatever happens, a claimed job ends in a terminal state or (lease lost)
-is left to its new owner: it never stays `running` because its worker raised. The seams for issue 5
-(heartbeats, reaper, resume policy, SIGTERM release) are `ProgressWriter`, `StorageCheckpoints` and
-`_settle`. Torch is imported only inside `_compress`, in the child process that runs the job.
+duplicate) can change nothing. A claimed job always leaves its worker one way (`workers.settle`):
+finished (succeeded, failed, cancelled), released to the queue (SIGTERM, an infrastructure error with
+attempts left), or untouched because the lease is lost. Errors are sorted: a user's bad input fails at
+once; database, storage and network trouble is retried on another attempt; CUDA out-of-memory halves the
+batch size and resumes from the last checkpoint (up to `oom_retries` times). Torch is imported only
+inside `_compress`, in the child process that runs the job.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import socket
+import signal
 import tempfile
-import time
-from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.session import make_engine, make_session_factory, session_scope
 from service.jobs import repository
+from service.queue import send_wakeup
 from service.settings import Settings
-from service.storage import ObjectNotFound, ObjectStore, make_store
-from service.storage.keys import ARTIFACT_NAMES, artifact_key, checkpoint_key, input_key
+from service.storage import ObjectNotFound, StorageError, make_store
+from service.storage.keys import ARTIFACT_NAMES, artifact_key, input_key
+from workers.checkpoints import StorageCheckpoints
 from workers.compression.config import JobConfig
 from workers.compression.errors import CompressionError, JobStopped
 from workers.compression.hooks import Progress
+from workers.heartbeat import CANCEL_REQUESTED, DB_ERRORS, LEASE_LOST, SHUTDOWN, LeaseGuard, stronger
+from workers.lease import JobLog, Lease, retry_db, worker_id
+from workers.progress import ProgressWriter
+from workers.settle import Settler
 
-__all__ = ["CANCEL_REQUESTED", "LEASE_LOST", "Lease", "ProgressWriter", "StorageCheckpoints",
-           "dispose_engines", "run_job", "summarize", "worker_id"]
+__all__ = ["CANCEL_REQUESTED", "LEASE_LOST", "JobLog", "Lease", "OutOfMemory", "ProgressWriter",
+           "StorageCheckpoints", "dispose_engines", "run_job", "session_factory", "summarize", "worker_id"]
 
-LEASE_LOST = "lease_lost"  # JobStopped reasons: another worker owns the job now; write nothing more
-CANCEL_REQUESTED = "cancel_requested"  # the user cancelled: end the job `cancelled`
 INPUT_SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "npz": ".npz", "zip": ".zip",
                 "tar": ".tar", "tar.gz": ".tar.gz"}
+# Trouble outside the job's inputs: another attempt (maybe on another machine) may well succeed.
+INFRA_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, StorageError, ConnectionError, TimeoutError)
+EXIT_OVERDUE = 75  # EX_TEMPFAIL: the job process gave up on a job that ignored its stop request
 
 log = logging.getLogger(__name__)
 _engines: dict[str, Engine] = {}
 
 
-class JobLog(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes every line with the job id (and the lease epoch once claimed)."""
+class OutOfMemory(CompressionError):
+    """The model does not fit on the device even after halving the batch size: retrying cannot help."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        """Adds `job <id> [epoch N]:` in front of the message."""
-        extra = self.extra or {}
-        epoch = f" epoch {extra['epoch']}" if "epoch" in extra else ""
-        return f"job {extra['job_id']}{epoch}: {msg}", kwargs
-
-
-@dataclass(frozen=True)
-class Lease:
-    """What a worker holds after claiming a job: the fencing epoch and the job's fixed inputs."""
-
-    job_id: str
-    tenant: str
-    epoch: int
-    attempt: int
-    config: dict[str, Any]
-    model_format: str
-    dataset_format: str
-
-
-def worker_id() -> str:
-    """Names this process for the job's `worker_id` column and events: host and pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    code = "out_of_memory"
 
 
 def session_factory(settings: Settings) -> sessionmaker[Session]:
@@ -77,8 +65,20 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
     if engine is None:
         engine = make_engine(settings.database_url, connect_timeout_s=settings.db_connect_timeout_s,
                              statement_timeout_s=settings.db_statement_timeout_s)
+        if engine.dialect.name == "postgresql":
+            # A frozen worker (SIGSTOP, swapped out) must not hold a row lock the reaper needs: the server
+            # ends a transaction left idle this long. Ours last milliseconds.
+            idle_ms = int(max(1.0, settings.stale_after_s / 2) * 1000)
+            event.listen(engine, "connect", lambda conn, _: _set_idle_timeout(conn, idle_ms))
         _engines[settings.database_url] = engine
     return make_session_factory(engine)
+
+
+def _set_idle_timeout(dbapi_connection: Any, idle_ms: int) -> None:
+    """Sets PostgreSQL's idle_in_transaction_session_timeout on a new connection."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+    dbapi_connection.commit()
 
 
 def dispose_engines() -> None:
@@ -86,89 +86,6 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose(close=False)
     _engines.clear()
-
-
-class ProgressWriter:
-    """The engine's `on_progress`: throttled, fenced progress writes that notice cancels and lost leases."""
-
-    def __init__(self, lease: Lease, factory: sessionmaker[Session], interval_s: float, jlog: JobLog,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.lease, self.factory, self.interval_s, self.log = lease, factory, interval_s, jlog
-        self.clock = clock
-        self.started = clock()
-        self.last_write = -float("inf")
-        self.stage: str | None = None
-
-    def __call__(self, event: Progress) -> None:
-        """Writes the event if a stage changed, an epoch ended or the interval passed; raises JobStopped."""
-        now = self.clock()
-        if event.stage == self.stage and not event.epoch_end and now - self.last_write < self.interval_s:
-            return
-        self.force(event)
-
-    def force(self, event: Progress) -> None:
-        """Writes the event now, whatever the throttle says (e.g. the job's last progress)."""
-        now = self.clock()
-        self.stage, self.last_write = event.stage, now
-        self.write(event.stage, self._progress(event, now - self.started))
-
-    def write(self, stage: str, progress: dict[str, Any]) -> None:
-        """Stores stage and progress under the lease; raises JobStopped on a lost lease or a cancel."""
-        with session_scope(self.factory) as session:
-            held = repository.update_progress(session, job_id=self.lease.job_id, epoch=self.lease.epoch,
-                                              stage=stage, progress=progress)
-            job = repository.get_job_any_tenant(session, job_id=self.lease.job_id) if held else None
-            status = job.status if job is not None else None
-        if not held:
-            raise JobStopped(LEASE_LOST)
-        if status == "cancelling":
-            raise JobStopped(CANCEL_REQUESTED)
-
-    @staticmethod
-    def _progress(event: Progress, elapsed_s: float) -> dict[str, Any]:
-        """The `progress` JSON of the API: fraction, epoch/step counters, metrics and an ETA."""
-        # ETA by linear extrapolation of the whole job's fraction; None until there is a trend to extend.
-        eta = elapsed_s * (1.0 - event.fraction) / event.fraction if event.fraction >= 0.01 else None
-        return {"fraction": round(event.fraction, 4), "epoch": event.epoch, "epochs": event.epochs,
-                "step": event.step, "steps": event.steps, "eta_s": None if eta is None else round(eta, 1),
-                "metrics": dict(event.metrics)}
-
-
-class StorageCheckpoints:
-    """The engine's CheckpointStore: blobs in object storage, a fenced pointer to the newest in the DB."""
-
-    def __init__(self, lease: Lease, store: ObjectStore, factory: sessionmaker[Session], actor: str,
-                 jlog: JobLog) -> None:
-        self.lease, self.store, self.factory, self.actor, self.log = lease, store, factory, actor, jlog
-
-    def load(self) -> bytes | None:
-        """Returns the checkpoint the job's DB pointer names (from any earlier attempt), or None."""
-        with session_scope(self.factory) as session:
-            job = repository.get_job_any_tenant(session, job_id=self.lease.job_id)
-            key = job.checkpoint_key if job is not None else None
-        if key is None:
-            return None
-        try:
-            return b"".join(self.store.open_stream(key))
-        except ObjectNotFound:
-            self.log.warning("checkpoint %s is missing from storage; starting without it", key)
-            return None
-
-    def save(self, blob: bytes, *, phase: str, epoch: int) -> None:
-        """Stores the blob under this lease's own key, then moves the fenced DB pointer to it."""
-        # One key per lease: a worker that lost its lease can never overwrite its successor's checkpoint.
-        key = f"{checkpoint_key(self.lease.tenant, self.lease.job_id)}.{self.lease.epoch}"
-        self.store.put_stream(key, [blob])
-        with session_scope(self.factory) as session:
-            held = repository.set_checkpoint(session, job_id=self.lease.job_id, epoch=self.lease.epoch,
-                                             key=key)
-            if held:
-                repository.record_event(session, job_id=self.lease.job_id, epoch=self.lease.epoch,
-                                        kind="checkpoint", actor=self.actor,
-                                        detail={"phase": phase, "epoch": epoch, "bytes": len(blob)})
-        if not held:
-            raise JobStopped(LEASE_LOST)
-        self.log.info("checkpoint saved (%s epoch %d, %d bytes)", phase, epoch, len(blob))
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
@@ -179,63 +96,191 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
              for side in ("baseline", "pruned")}
     return {**sides, "achieved": report.get("target", {}).get("achieved", {}),
             "verification_passed": report.get("verification", {}).get("passed"),
-            "timings_s": report.get("timings_s", {})}
+            "timings_s": report.get("timings_s", {}), "attempt": report.get("attempt"),
+            "resumed_from": report.get("resumed_from"), "oom_retries": report.get("oom_retries", [])}
 
 
-def run_job(job_id: str, *, settings: Settings, actor: str | None = None) -> str | None:
-    """Runs one job to its end; returns its final status, or None when it was not ours to run."""
+def run_job(job_id: str, *, settings: Settings, actor: str | None = None,
+            exit_process: Callable[[int], object] = os._exit) -> str | None:
+    """Runs one job to its end; returns the status it left (None when it was not ours, or lost)."""
     actor = actor or worker_id()
-    jlog = JobLog(log, {"job_id": job_id})
     factory = session_factory(settings)
     with session_scope(factory) as session:
         job = repository.claim_job(session, job_id=job_id, worker_id=actor)
         if job is None:
-            jlog.info("not claimable (taken, finished or unknown); duplicate wake-up ignored")
+            JobLog(log, {"job_id": job_id}).info("not claimable (taken, finished or gone); wake-up ignored")
             return None
         lease = Lease(job.id, job.tenant, job.epoch, job.attempt, dict(job.config), job.model_format,
-                      job.dataset_format)
+                      job.dataset_format, job.max_attempts, job.started_at)
         repository.record_event(session, job_id=job_id, epoch=lease.epoch, kind="claimed", actor=actor,
-                                detail={"attempt": lease.attempt})
-    jlog = JobLog(log, {"job_id": job_id, "epoch": lease.epoch})
-    jlog.info("claimed by %s (attempt %d)", actor, lease.attempt)
-    try:
-        metrics = _execute(lease, settings, factory, actor, jlog)
-    except JobStopped as stop:
-        return _settle(lease, factory, actor, jlog, stop=stop)
-    except CompressionError as exc:
-        jlog.info("failed: %s: %s", exc.code, exc.message)
-        return _settle(lease, factory, actor, jlog, status="failed", code=exc.code, message=exc.message)
-    except BaseException as exc:
-        jlog.exception("crashed")
-        _settle(lease, factory, actor, jlog, status="failed", code="internal_error",
-                message=f"the worker hit an unexpected error ({type(exc).__name__}); see the worker log")
-        if not isinstance(exc, Exception):
-            raise  # SystemExit / KeyboardInterrupt: the job is settled, the process still stops
-        return "failed"
-    return _settle(lease, factory, actor, jlog, status="succeeded", metrics=metrics)
+                                detail={"attempt": lease.attempt, "pid": os.getpid()})
+    return JobRun(lease, settings, factory, actor, exit_process).run()
 
 
-def _execute(lease: Lease, settings: Settings, factory: sessionmaker[Session], actor: str, jlog: JobLog
-             ) -> dict[str, Any]:
-    """Downloads the inputs into a private folder, compresses, uploads the artifacts; returns the metrics."""
-    store = make_store(settings)
-    progress = ProgressWriter(lease, factory, settings.progress_write_interval_s, jlog)
-    progress(Progress(stage="loading", fraction=0.0))
-    with tempfile.TemporaryDirectory(prefix=f"secateur-{lease.job_id}-") as tmp:
-        work = Path(tmp)
-        model = work / f"model{INPUT_SUFFIX.get(lease.model_format, '')}"
-        dataset = work / f"dataset{INPUT_SUFFIX.get(lease.dataset_format, '')}"
-        store.get_to_file(input_key(lease.tenant, lease.job_id, "model"), model)
-        store.get_to_file(input_key(lease.tenant, lease.job_id, "dataset"), dataset)
-        checkpoints = StorageCheckpoints(lease, store, factory, actor, jlog)
-        report = _compress(model, dataset, JobConfig.model_validate(lease.config), work / "out", settings,
-                           progress, checkpoints)
-        progress(Progress(stage="uploading", fraction=0.99))
-        for name in ARTIFACT_NAMES:
-            store.put_file(artifact_key(lease.tenant, lease.job_id, name), work / "out" / name)
-        progress.force(Progress(stage="uploading", fraction=1.0))
-    jlog.info("artifacts uploaded")
-    return summarize(report)
+class JobRun:
+    """One attempt at one job, from a fresh claim to its outcome."""
+
+    def __init__(self, lease: Lease, settings: Settings, factory: sessionmaker[Session], actor: str,
+                 exit_process: Callable[[int], object]) -> None:
+        self.lease, self.settings, self.factory, self.actor = lease, settings, factory, actor
+        self.exit_process = exit_process
+        self.log = JobLog(log, {"job_id": lease.job_id, "epoch": lease.epoch})
+        self.store = make_store(settings)
+        self.settler = Settler(lease, settings, factory, self.store, actor, self.log, send_wakeup)
+        assert lease.started_at is not None  # a claim sets it
+        self.guard = LeaseGuard(job_id=lease.job_id, epoch=lease.epoch, started_at=lease.started_at,
+                                factory=factory, settings=settings, on_overdue=self._overdue)
+
+    def run(self) -> str | None:
+        """Executes the attempt and settles it, whatever happens (heartbeat and SIGTERM handler meanwhile)."""
+        self.log.info("claimed by %s (attempt %d of %d)", self.actor, self.lease.attempt,
+                      self.lease.max_attempts)
+        with self._sigterm_requests_shutdown():
+            self.guard.start()
+            try:
+                return self._run()
+            finally:
+                self.guard.close()
+
+    def _run(self) -> str | None:
+        """Sorts the attempt's outcome: success, a stop, a user error, infrastructure trouble or a bug."""
+        try:
+            metrics = self._execute()
+        except JobStopped as stop:
+            reason = stronger(stop.reason, self.guard.reason)
+            return self.settler.once(lambda: self.settler.stop(reason))
+        except CompressionError as exc:
+            self.log.info("failed: %s: %s", exc.code, exc.message)
+            code, message = exc.code, exc.message
+            return self.settler.once(lambda: self.settler.finish("failed", code=code, message=message))
+        except INFRA_ERRORS as exc:
+            if isinstance(exc, ObjectNotFound):  # a missing input will not come back: no retry
+                return self._crashed(exc)
+            trouble = exc
+            return self.settler.once(lambda: self._retry_later(trouble))
+        except BaseException as exc:
+            self._crashed(exc)
+            if not isinstance(exc, Exception):
+                raise  # SystemExit / KeyboardInterrupt: the job is settled, the process still stops
+            return "failed"
+        return self.settler.once(lambda: self.settler.finish("succeeded", metrics=metrics))
+
+    def _crashed(self, exc: BaseException) -> str | None:
+        """Fails the job as an internal error (a bug, or an input gone from storage), with its trace."""
+        self.log.error("crashed", exc_info=exc)
+        message = f"the worker hit an unexpected error ({type(exc).__name__}); see the worker log"
+        return self.settler.once(lambda: self.settler.finish("failed", code="internal_error",
+                                                             message=message))
+
+    def _retry_later(self, exc: BaseException) -> str | None:
+        """Releases the job for another attempt after infrastructure trouble; fails it when none is left."""
+        self.log.warning("infrastructure error (%s: %s)", type(exc).__name__, exc)
+        if self.lease.attempt >= self.lease.max_attempts:
+            return self.settler.finish("failed", code="infrastructure_error",
+                                       message=f"{self.lease.attempt} attempts met infrastructure errors; "
+                                               f"the last one: {type(exc).__name__}")
+        return self.settler.release(refund=False, reason=f"infrastructure_error: {type(exc).__name__}")
+
+    def _overdue(self, reason: str) -> None:
+        """The watchdog's last resort: settle for `reason` from the heartbeat thread, then end the process."""
+        if self.settler.try_once(lambda: self.settler.stop(reason)):
+            self.exit_process(EXIT_OVERDUE)
+        # else the runner's thread settled or is settling the job right now: it returns on its own
+
+    @contextmanager
+    def _sigterm_requests_shutdown(self) -> Iterator[None]:
+        """While the job runs, SIGTERM asks it to checkpoint and release (main thread only: Python's rule)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, lambda *_: self.guard.request(SHUTDOWN))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _execute(self) -> dict[str, Any]:
+        """Fetches the inputs into a private folder, compresses, uploads the artifacts; returns metrics."""
+        lease, store = self.lease, self.store
+        progress = ProgressWriter(lease, self.factory, self.settings.progress_write_interval_s, self.log,
+                                  guard=self.guard, actor=self.actor)
+        progress(Progress(stage="loading", fraction=0.0))
+        with tempfile.TemporaryDirectory(prefix=f"secateur-{lease.job_id}-") as tmp:
+            work = Path(tmp)
+            model = work / f"model{INPUT_SUFFIX.get(lease.model_format, '')}"
+            dataset = work / f"dataset{INPUT_SUFFIX.get(lease.dataset_format, '')}"
+            store.get_to_file(input_key(lease.tenant, lease.job_id, "model"), model)
+            store.get_to_file(input_key(lease.tenant, lease.job_id, "dataset"), dataset)
+            checkpoints = StorageCheckpoints(lease, store, self.factory, self.actor, self.log)
+            report = self._compress_within_memory(model, dataset, work / "out", progress, checkpoints)
+            report.update(attempt=lease.attempt, resumed_from=checkpoints.resumed_from)
+            _write_report(work / "out" / "report.json", report)
+            progress.force(Progress(stage="uploading", fraction=0.99))
+            self._confirm_lease()  # the artifacts' keys are shared by every attempt: only the owner writes
+            for name in ARTIFACT_NAMES:
+                store.put_file(artifact_key(lease.tenant, lease.job_id, name), work / "out" / name)
+            progress.force(Progress(stage="uploading", fraction=1.0))
+        self.log.info("artifacts uploaded")
+        return summarize(report)
+
+    def _compress_within_memory(self, model: Path, dataset: Path, out_dir: Path, progress: ProgressWriter,
+                                checkpoints: StorageCheckpoints) -> dict[str, Any]:
+        """Compresses; on out-of-memory halves the batch size and resumes from the last epoch's checkpoint."""
+        config = JobConfig.model_validate(self.lease.config)
+        retries: list[dict[str, Any]] = []
+        oom = _oom_errors()
+        while True:
+            try:
+                report = _compress(model, dataset, config, out_dir, self.settings, progress, checkpoints)
+                report["oom_retries"] = retries
+                return report
+            except oom as exc:
+                size = config.finetune.batch_size
+                if len(retries) >= self.settings.oom_retries or size == 1:
+                    raise OutOfMemory(
+                        f"out of device memory at batch size {size} after {len(retries)} halvings; use a "
+                        "smaller batch_size or a device with more memory") from exc
+                config = config.model_copy(update={"finetune": config.finetune.model_copy(
+                    update={"batch_size": max(1, size // 2)})})
+                retries.append({"batch_size": config.finetune.batch_size, "stage": progress.stage,
+                                "error": str(exc)[:200]})
+                self.log.warning("out of memory at batch size %d; retrying at %d from the last checkpoint",
+                                 size, config.finetune.batch_size)
+                self.settler.note("oom_retry", retries[-1])
+                _free_device_memory()
+
+    def _confirm_lease(self) -> None:
+        """Renews the lease right now (through a database outage); JobStopped if it is lost or cancelled."""
+        status = retry_db(self.factory, lambda session: repository.heartbeat(
+            session, job_id=self.lease.job_id, epoch=self.lease.epoch), for_s=self.settings.db_outage_retry_s,
+            what="confirming the lease", jlog=self.log)
+        if status is None:
+            self.guard.request(LEASE_LOST)
+            raise JobStopped(LEASE_LOST)
+        if status == "cancelling":
+            raise JobStopped(CANCEL_REQUESTED)
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    """Rewrites report.json with the attempt's facts (attempt, resumed_from, oom_retries) added."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean 'out of device memory' (torch's; imported only in the job process)."""
+    import torch
+
+    return (torch.OutOfMemoryError,)
+
+
+def _free_device_memory() -> None:
+    """Returns cached CUDA blocks to the driver before a retry at a smaller batch size."""
+    import torch
+
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        torch.cuda.empty_cache()
 
 
 def _compress(model: Path, dataset: Path, config: JobConfig, out_dir: Path, settings: Settings,
@@ -246,26 +291,3 @@ def _compress(model: Path, dataset: Path, config: JobConfig, out_dir: Path, sett
     result = compress(model_path=model, dataset_path=dataset, config=config, out_dir=out_dir, device="auto",
                       threads=settings.torch_threads, on_progress=progress, checkpoints=checkpoints)
     return result.report
-
-
-def _settle(lease: Lease, factory: sessionmaker[Session], actor: str, jlog: JobLog, *,
-            stop: JobStopped | None = None, status: str = "failed", metrics: dict[str, Any] | None = None,
-            code: str | None = None, message: str | None = None) -> str | None:
-    """Writes the job's terminal state under the lease (a stop maps to `cancelled`, or nothing if lost)."""
-    if stop is not None:
-        if stop.reason != CANCEL_REQUESTED:
-            jlog.warning("stopped (%s); the job belongs to another worker now, nothing written", stop.reason)
-            return None
-        status, code, message = "cancelled", None, None
-    with session_scope(factory) as session:
-        done = repository.finish_job(session, job_id=lease.job_id, epoch=lease.epoch, status=status,
-                                     metrics=metrics, error_code=None if status == "succeeded" else code,
-                                     error_message=None if status == "succeeded" else message)
-        if done:
-            repository.record_event(session, job_id=lease.job_id, epoch=lease.epoch, kind=status, actor=actor,
-                                    detail={"code": code} if code else {})
-    if not done:
-        jlog.warning("could not record %s: the lease was lost meanwhile", status)
-        return None
-    jlog.info("finished: %s", status)
-    return status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from service.db.migrate import upgrade_head
 from service.db.session import make_engine, make_session_factory
 from service.jobs.service import JobService
 from service.queue import make_celery
+from service.reaper import start_reaper
 from service.settings import Settings, get_settings
 from service.storage import make_store
 
@@ -45,10 +47,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        """Migrates (embedded default) before serving; releases DB connections at shutdown."""
+        """Migrates (embedded default) and starts the reaper before serving; stops both at shutdown."""
         if context.settings.migrate_at_startup:
             await anyio.to_thread.run_sync(upgrade_head, context.engine)
+        reaper = start_reaper(context.settings, context.jobs.sessions, context.store, context.celery,
+                              actor=f"reaper@api:{os.getpid()}")
         yield
+        if reaper is not None:
+            reaper.set()
         context.engine.dispose()
 
     app = FastAPI(title="Secateur", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
