@@ -91,7 +91,7 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
     """Lists the caller's jobs, newest first; follow `next_cursor` for older ones."""
-    page, next_cursor = jobs.list(tenant=tenant, status=status, limit=limit, cursor=cursor)
+    page, next_cursor = jobs.page(tenant=tenant, status=status, limit=limit, cursor=cursor)
     now = utcnow()
     return JobPage(jobs=[job_out(job, now) for job in page], next_cursor=next_cursor)
 

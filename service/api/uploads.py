@@ -190,16 +190,16 @@ class _Receiver:
 
     async def _close(self) -> None:
         """Finishes the current part: checks the config early, or sniffs (if short) and commits a file."""
-        part, self.current = self.current, None
+        part = self.current
         if isinstance(part, bytearray):
+            self.current = None
             try:
                 self.config = part.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidConfig("config is not UTF-8 text") from None
             parse_config(self.config)  # refuse a bad config now; the service checks it again in full
             return
-        assert part is not None
-        self.current = part  # still open: aborted by `run` if sniffing or the commit fails
+        assert part is not None  # stays `current` until committed: `run` aborts it if anything here fails
         fmt = part.format or sniff_head(part.kind, bytes(part.head))
         if part.pending:
             await anyio.to_thread.run_sync(part.writer.write, bytes(part.pending))

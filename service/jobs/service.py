@@ -154,7 +154,7 @@ class JobService:
             raise NotFound(f"no job {job_id}")
         return job
 
-    def list(
+    def page(
         self, *, tenant: str, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Job], str | None]:
         """Returns a page of the tenant's jobs, newest first, and the cursor of the next page (or None)."""
