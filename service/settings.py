@@ -38,7 +38,6 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=4096 * _MiB, ge=1)
     max_config_bytes: int = Field(default=64 * 1024, ge=1)
     max_zip_directory_bytes: int = Field(default=64 * _MiB, ge=1)
-    list_limit_max: int = Field(default=200, ge=1)
 
     # Timeouts keep a dead dependency a fast 503 instead of a hung request.
     db_connect_timeout_s: float = Field(default=5.0, gt=0)
