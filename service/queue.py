@@ -1,7 +1,7 @@
 """Wake-ups: the broker carries only `{job_id}`; the database stays the queue of record.
 
 `broker_options` is the one description of how to reach the broker, shared by the API's producer and the
-workers' Celery app, so both sides agree (notably on the embedded filesystem transport's folders).
+workers' Celery app, so both sides agree.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
-    """Returns the Celery settings for reaching the broker; creates the embedded broker's folders."""
+    """Returns the Celery settings for reaching the broker (the embedded SQLite broker needs no options)."""
     timeout = settings.broker_timeout_s
     options: dict[str, Any] = {
         "broker_url": settings.broker_url,
@@ -31,18 +31,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
     }
-    if settings.broker_url.startswith("filesystem://"):
-        # kombu's filesystem transport: one message per file, shared by every local process; no server.
-        queue, control = settings.broker_dir / "queue", settings.broker_dir / "control"
-        queue.mkdir(parents=True, exist_ok=True)
-        control.mkdir(parents=True, exist_ok=True)
-        options["broker_transport_options"] = {
-            "data_folder_in": str(queue),
-            "data_folder_out": str(queue),
-            "control_folder": str(control),
-            "store_processed": False,
-        }
-    elif settings.broker_url.startswith(("redis://", "rediss://")):
+    if settings.broker_url.startswith(("redis://", "rediss://")):
         options["broker_transport_options"] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     return options
 

@@ -12,7 +12,7 @@ transport over SQLite both deliver wake-ups (0.2-1 s). Under a concurrent produc
 lost 3 of 3000 messages, because `_put` creates the message file before writing it and a consumer can take
 the empty file; inside a Celery worker that empty file is an "Unrecoverable error" that stops the worker.
 The SQLAlchemy transport (`sqla+sqlite:///DATA_DIR/broker.sqlite`, BEGIN IMMEDIATE per fetch) delivered
-3000 of 3000 with none lost, so it is the recommended embedded default. Either way this supervisor
+3000 of 3000 with none lost, so it is the embedded default (service/settings.py). Either way this supervisor
 restarts a worker that exits, and lost wake-ups are re-sent from the jobs table (the queue of record).
 """
 

@@ -1,4 +1,4 @@
-"""API test fixtures: a real app on SQLite + local storage + the filesystem broker, all in a tmp folder.
+"""API test fixtures: a real app on SQLite + local storage + the SQLite broker, all in a tmp folder.
 
 Requests go through httpx's ASGITransport, which streams the request body to the app chunk by chunk,
 so the upload path is exercised the way a real server drives it.
@@ -109,7 +109,7 @@ class Api:
 
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
-    """Embedded settings under `root` (SQLite, local objects, filesystem broker).
+    """Embedded settings under `root` (SQLite, local objects, SQLite broker).
 
     These tests are about the upload plumbing, so the submit-time sandboxed parse (which needs weights
     that fit a real architecture) is off; the cheap content sniff still runs.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import EMBEDDED_BROKER, Settings
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_no_configuration_means_embedded(tmp_path: Path, monkeypatch: pytest.Mon
     settings = Settings()
     assert settings.database_url == "sqlite:///.secateur/secateur.db"
     assert settings.is_sqlite
-    assert settings.broker_url == EMBEDDED_BROKER
+    assert settings.broker_url == f"sqla+sqlite:///{tmp_path / '.secateur' / 'broker.sqlite'}"
     assert settings.storage_url == f"file://{tmp_path / '.secateur' / 'objects'}"
     assert (settings.host, settings.auth, settings.migrate_at_startup) == ("127.0.0.1", "open", True)
 
