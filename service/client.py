@@ -1,0 +1,366 @@
+"""A small typed client for Secateur's HTTP API: submit, watch, list, download and cancel jobs.
+
+It imports no server code (only httpx), so a user can copy it next to a notebook. Uploads and downloads
+are streamed: a multi-GB dataset is never held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "ARTIFACT_NAMES",
+    "TERMINAL_STATUSES",
+    "ApiError",
+    "Job",
+    "JobPage",
+    "Progress",
+    "SecateurClient",
+    "SseEvent",
+    "iter_sse",
+]
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+ARTIFACT_NAMES = ("model.onnx", "model.onnx.zst", "report.json")
+_CHUNK = 1 << 20
+# Bounds on the server-suggested poll interval: never hammer the API, never look frozen to the user.
+_MIN_POLL_S, _MAX_POLL_S = 0.2, 30.0
+
+
+class ApiError(Exception):
+    """An error answer from the API (or the transport), with the server's stable code and message."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        """Keeps the code, message and HTTP status (0 when no HTTP answer came back)."""
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running job is: fraction of the whole job, epoch of the current phase, and an ETA."""
+
+    fraction: float | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    eta_s: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Progress:
+        """Reads the `progress` object of a job answer, ignoring fields this client does not know."""
+        data = data or {}
+        return cls(**{k: data.get(k) for k in ("fraction", "epoch", "epochs", "step", "eta_s")})
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as the API shows it; `raw` keeps the full answer for fields not modelled here."""
+
+    id: str
+    status: str
+    stage: str | None
+    progress: Progress
+    metrics: dict[str, Any]
+    error_code: str | None
+    error_message: str | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        """Builds a Job from `GET /jobs/{id}`'s body."""
+        error = data.get("error") or {}
+        return cls(
+            id=str(data["id"]),
+            status=str(data["status"]),
+            stage=data.get("stage"),
+            progress=Progress.from_json(data.get("progress")),
+            metrics=dict(data.get("metrics") or {}),
+            error_code=error.get("code"),
+            error_message=error.get("message"),
+            raw=data,
+        )
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job can no longer change (succeeded, failed or cancelled)."""
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of `GET /jobs`; pass `next_cursor` back to get the next one (None on the last page)."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One server-sent event: its type, data text, id (for Last-Event-ID) and the latest reconnection hint."""
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry_ms: int | None = None
+
+    def json(self) -> Any:
+        """Parses the data field as JSON."""
+        return json.loads(self.data)
+
+
+def iter_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
+    """Parses a text/event-stream line by line (WHATWG rules: comments skipped, multi-line data joined)."""
+    event, last_id, retry = "message", None, None
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data:
+                yield SseEvent(event=event, data="\n".join(data), id=last_id, retry_ms=retry)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue  # a heartbeat comment
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id" and "\0" not in value:
+            last_id = value  # the id persists across events until the server sends another
+        elif name == "retry" and value.isdigit():
+            retry = int(value)  # the reconnection delay applies from now on, not to one event
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    """Turns a 4xx/5xx answer into ApiError, reading `{"error": {"code", "message"}}` when present."""
+    if response.is_success:
+        return
+    if not response.is_stream_consumed:
+        response.read()
+    code, message = f"http_{response.status_code}", response.reason_phrase or "request failed"
+    try:
+        error = response.json().get("error")
+        if isinstance(error, dict):
+            code, message = str(error.get("code", code)), str(error.get("message", message))
+    except (ValueError, AttributeError):
+        pass  # not JSON (a proxy's HTML page): keep the HTTP status as the code
+    raise ApiError(code, message, response.status_code)
+
+
+def _poll_interval(response: httpx.Response, default: float) -> float:
+    """The server's suggested wait before the next poll (`Retry-After` seconds), clamped to sane bounds."""
+    try:
+        suggested = float(response.headers.get("retry-after", default))
+    except ValueError:
+        suggested = default
+    return min(max(suggested, _MIN_POLL_S), _MAX_POLL_S)
+
+
+class SecateurClient:
+    """Talks to one Secateur server; reuse one instance (it keeps a connection pool) and close it."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        poll_interval_s: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """Opens a pooled HTTP client; `transport` lets tests talk to an in-process app."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # httpx drops Authorization when following a redirect to another origin (an S3 presigned URL).
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s,
+            follow_redirects=True, transport=transport,
+        )
+        self.poll_interval_s = poll_interval_s
+
+    def close(self) -> None:
+        """Closes the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> SecateurClient:
+        """Lets the client be used in a `with` block."""
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        """Closes the client at the end of a `with` block."""
+        self.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Sends one request, mapping transport failures and error answers to ApiError."""
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError("unreachable", f"cannot reach {self._http.base_url}: {exc}", 0) from exc
+        _raise_for_error(response)
+        return response
+
+    def submit(
+        self,
+        model_path: str | os.PathLike[str],
+        dataset_path: str | os.PathLike[str],
+        config: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Uploads a model and a dataset with a job config (multipart, streamed from disk); returns it."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        model, dataset = Path(model_path), Path(dataset_path)
+        # httpx reads file objects in chunks and sizes them with fstat: the files are never loaded whole.
+        with model.open("rb") as model_file, dataset.open("rb") as dataset_file:
+            files = {
+                "model": (model.name, model_file, "application/octet-stream"),
+                "dataset": (dataset.name, dataset_file, "application/octet-stream"),
+            }
+            response = self._request(
+                "POST", "/jobs", files=files, data={"config": json.dumps(config)}, headers=headers,
+            )
+        return Job.from_json(response.json())
+
+    def get(self, job_id: str) -> Job:
+        """Fetches one job."""
+        return Job.from_json(self._request("GET", f"/jobs/{job_id}").json())
+
+    def list(self, status: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
+        """Fetches one page of the caller's jobs, newest first, optionally filtered by status."""
+        params: dict[str, str | int] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        body = self._request("GET", "/jobs", params=params).json()
+        return JobPage(jobs=[Job.from_json(j) for j in body["jobs"]], next_cursor=body.get("next_cursor"))
+
+    def cancel(self, job_id: str) -> Job:
+        """Asks the server to cancel a job; returns it (usually `cancelling`, or already terminal)."""
+        return Job.from_json(self._request("POST", f"/jobs/{job_id}/cancel").json())
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        """Fetches the finished job's report (see DESIGN.md's report.json)."""
+        body: dict[str, Any] = self._request("GET", f"/jobs/{job_id}/report").json()
+        return body
+
+    def download(self, job_id: str, name: str, dest: str | os.PathLike[str]) -> Path:
+        """Streams artifact `name` to `dest` (a file, or a folder to put `name` in); returns the path.
+
+        The bytes go to a temporary file beside `dest` that is renamed at the end, so an interrupted
+        download never leaves a truncated model under the final name.
+        """
+        if name not in ARTIFACT_NAMES:
+            raise ValueError(f"unknown artifact {name!r}; choose one of {', '.join(ARTIFACT_NAMES)}")
+        target = Path(dest)
+        if target.is_dir():
+            target = target / name
+        try:
+            # The report has its own route; the binary artifacts live under /artifacts/.
+            path = f"/jobs/{job_id}/report" if name == "report.json" else f"/jobs/{job_id}/artifacts/{name}"
+            with self._http.stream("GET", path) as response:
+                _raise_for_error(response)
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+                try:
+                    with os.fdopen(fd, "wb") as out:
+                        for chunk in response.iter_bytes(_CHUNK):
+                            out.write(chunk)
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+        except httpx.TransportError as exc:
+            raise ApiError("unreachable", f"download of {name} interrupted: {exc}", 0) from exc
+        return target
+
+    def events(self, job_id: str, last_event_id: str | None = None) -> Generator[SseEvent, None, None]:
+        """Follows `GET /jobs/{id}/events` once; yields events until the server closes the stream."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        # No read timeout: the server sends a heartbeat comment every ~15 s, a dead peer shows as an error.
+        timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
+        with self._http.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
+            _raise_for_error(response)
+            yield from iter_sse(response.iter_lines())
+
+    def wait(
+        self,
+        job_id: str,
+        on_update: Callable[[Job], None] | None = None,
+        *,
+        follow_events: bool = True,
+        timeout_s: float | None = None,
+    ) -> Job:
+        """Blocks until the job is terminal, calling `on_update` with each new state; returns the final job.
+
+        Follows the event stream (reconnecting with Last-Event-ID when it drops) and falls back to polling
+        at the server's suggested interval when the stream is unavailable (e.g. a proxy that buffers).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if follow_events:
+            try:
+                return self._wait_events(job_id, on_update, deadline)
+            except ApiError as exc:
+                if exc.status not in (404, 405, 406, 501):
+                    raise
+        return self._wait_polling(job_id, on_update, deadline)
+
+    def _wait_events(
+        self, job_id: str, on_update: Callable[[Job], None] | None, deadline: float | None,
+    ) -> Job:
+        """Waits by following server-sent events, resuming after a dropped connection."""
+        last_id: str | None = None
+        retry_s = self.poll_interval_s
+        while True:
+            try:
+                with contextlib.closing(self.events(job_id, last_id)) as stream:
+                    for event in stream:
+                        last_id = event.id or last_id
+                        retry_s = event.retry_ms / 1000 if event.retry_ms is not None else retry_s
+                        job = Job.from_json(event.json())
+                        if on_update is not None:
+                            on_update(job)
+                        if job.terminal:
+                            return job
+                        _check_deadline(job_id, deadline)
+            except httpx.TransportError:
+                pass  # the connection dropped: reconnect below, resuming after `last_id`
+            _check_deadline(job_id, deadline)
+            time.sleep(min(max(retry_s, _MIN_POLL_S), _MAX_POLL_S))
+
+    def _wait_polling(
+        self, job_id: str, on_update: Callable[[Job], None] | None, deadline: float | None,
+    ) -> Job:
+        """Waits by polling `GET /jobs/{id}`, reporting only states that differ from the last one."""
+        last: dict[str, Any] | None = None
+        while True:
+            response = self._request("GET", f"/jobs/{job_id}")
+            job = Job.from_json(response.json())
+            if job.raw != last and on_update is not None:
+                on_update(job)
+            last = job.raw
+            if job.terminal:
+                return job
+            _check_deadline(job_id, deadline)
+            time.sleep(_poll_interval(response, self.poll_interval_s))
+
+
+def _check_deadline(job_id: str, deadline: float | None) -> None:
+    """Raises a `wait_timeout` ApiError once the caller's deadline has passed."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise ApiError("wait_timeout", f"job {job_id} did not finish in time; it is still running", 0)
