@@ -1,0 +1,128 @@
+"""`GET /jobs/{id}/events`: ordered server-sent events, Last-Event-ID resumption, heartbeats, the end."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from service.api import routes_events
+from service.client import SseEvent, iter_sse
+from tests.service.live import Live, sample_report, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """One server for the module; streams poll every 20 ms and send heartbeats every 0.3 s."""
+    saved = routes_events.POLL_S, routes_events.HEARTBEAT_S
+    routes_events.POLL_S, routes_events.HEARTBEAT_S = 0.02, 0.3
+    try:
+        with serve(tmp_path_factory.mktemp("server")) as server:
+            yield server
+    finally:
+        routes_events.POLL_S, routes_events.HEARTBEAT_S = saved
+
+
+def collect(
+    live: Live, job_id: str, headers: dict[str, str] | None = None, limit: int = 100
+) -> list[SseEvent]:
+    """Reads the job's event stream until the server closes it (or `limit` events)."""
+    events: list[SseEvent] = []
+    with httpx.Client(base_url=live.url, timeout=10) as http, \
+            http.stream("GET", f"/jobs/{job_id}/events", headers=headers or {}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for event in iter_sse(response.iter_lines()):
+            events.append(event)
+            if len(events) >= limit:
+                break
+    return events
+
+
+def test_events_follow_the_job_in_order_and_close_after_the_end(live: Live) -> None:
+    job_id = live.worker.insert()
+    events: list[SseEvent] = []
+    reader = threading.Thread(target=lambda: events.extend(collect(live, job_id)), daemon=True)
+    reader.start()
+    w, pause = live.worker, 0.15  # pauses well above the 20 ms poll, so each state is its own event
+    time.sleep(pause)
+    lease = w.claim(job_id)
+    time.sleep(pause)
+    w.progress(job_id, lease, "evaluating", fraction=0.05)
+    time.sleep(pause)
+    for epoch in (1, 2):
+        w.progress(job_id, lease, "finetuning", fraction=0.4 * epoch, epoch=epoch, epochs=2,
+                   metrics={"loss": 1.0 / epoch})
+        time.sleep(pause)
+    w.succeed(job_id, lease, sample_report(), {"model.onnx": b"x", "model.onnx.zst": b"y"})
+    reader.join(10)
+    assert not reader.is_alive(), "the stream did not close after the terminal event"
+    jobs: list[dict[str, Any]] = [event.json() for event in events]
+    assert [e.event for e in events] == ["status", "status", "stage", "stage", "progress", "end"]
+    assert [j["status"] for j in jobs] == ["queued", "running", "running", "running", "running", "succeeded"]
+    assert [j["stage"] for j in jobs][2:5] == ["evaluating", "finetuning", "finetuning"]
+    assert [j["progress"].get("metrics") for j in jobs][3:5] == [{"loss": 1.0}, {"loss": 0.5}]
+    assert jobs[-1]["links"]["model"] == f"/jobs/{job_id}/artifacts/model.onnx"
+    ids = [int(e.id or 0) for e in events]
+    assert ids == sorted(set(ids))  # distinct and increasing
+    assert events[0].retry_ms == routes_events.RETRY_MS
+
+
+def test_last_event_id_resumes_after_what_the_client_saw(live: Live) -> None:
+    job_id = live.worker.insert()
+    lease = live.worker.claim(job_id)
+    live.worker.progress(job_id, lease, "finetuning", fraction=0.3, epoch=1, epochs=3)
+    seen = collect(live, job_id, limit=1)[0]
+    assert seen.json()["progress"]["epoch"] == 1
+
+    def advance() -> None:
+        """Moves the job on after the reconnected stream has had time to (not) resend the old state."""
+        time.sleep(0.2)
+        live.worker.progress(job_id, lease, "finetuning", fraction=0.6, epoch=2, epochs=3)
+
+    threading.Thread(target=advance, daemon=True).start()
+    started = time.monotonic()
+    resumed = collect(live, job_id, headers={"Last-Event-ID": seen.id or ""}, limit=1)[0]
+    assert resumed.json()["progress"]["epoch"] == 2  # epoch 1 is not sent again
+    assert time.monotonic() - started >= 0.15
+    assert resumed.event == "status"  # the first event of a connection
+    assert int(resumed.id or 0) > int(seen.id or 0)
+
+    live.worker.finish(job_id, lease, "failed", error_code="export_mismatch", error_message="differs")
+    end = collect(live, job_id, headers={"Last-Event-ID": resumed.id or ""})
+    assert [e.event for e in end] == ["end"]
+    assert end[0].json()["error"] == {"code": "export_mismatch", "message": "differs"}
+    # A client that already saw the end is told there is nothing more (EventSource stops on 204).
+    response = httpx.get(f"{live.url}/jobs/{job_id}/events", headers={"Last-Event-ID": end[0].id or ""})
+    assert response.status_code == 204
+
+
+def test_an_idle_stream_sends_heartbeat_comments(live: Live) -> None:
+    job_id = live.worker.insert()
+    lines: list[str] = []
+    with httpx.Client(base_url=live.url, timeout=10) as http, \
+            http.stream("GET", f"/jobs/{job_id}/events") as response:
+        assert response.headers["cache-control"] == "no-cache"
+        for line in response.iter_lines():
+            lines.append(line)
+            if line.startswith(":"):
+                break
+    assert lines[0] == f"retry: {routes_events.RETRY_MS}"
+    assert lines[-1] == ": keepalive"
+    assert any(line.startswith("event: status") for line in lines)
+
+
+def test_missing_or_foreign_jobs_are_a_json_404_before_any_stream(live: Live) -> None:
+    foreign = live.worker.insert(tenant="someone-else")
+    for job_id in ("no-such-job", foreign):
+        response = httpx.get(f"{live.url}/jobs/{job_id}/events")
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/json"
+        assert json.loads(response.text)["error"]["code"] == "not_found"
