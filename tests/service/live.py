@@ -25,6 +25,7 @@ from service.api.deps import AppContext
 from service.db.models import Job
 from service.db.session import session_scope
 from service.jobs import repository
+from service.metrics import install_metrics
 from service.settings import Settings
 from service.storage.keys import artifact_key
 from tests.service.conftest import CONFIG
@@ -120,6 +121,8 @@ def add_client_routes(app: FastAPI) -> None:
     paths = {getattr(route, "path", None) for route in app.routes}
     if "/jobs/{job_id}/events" not in paths:
         app.include_router(routes_events.router)
+    if "/metrics" not in paths:
+        install_metrics(app)
 
 
 @contextmanager

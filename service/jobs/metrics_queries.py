@@ -1,0 +1,71 @@
+"""The read-only queries behind `GET /metrics`: jobs by status, queue age, heartbeats, finished jobs.
+
+Kept apart from `repository.py` (the job lifecycle) because nothing here writes; all are cheap
+aggregates over indexed columns, run once per scrape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from service.db.models import Job
+from service.jobs.states import ACTIVE
+
+__all__ = [
+    "FinishedJob", "count_by_status", "finished_since", "newest_heartbeat", "oldest_queued", "worker_reports",
+]
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """What the duration histograms need from one terminal job."""
+
+    id: str
+    status: str
+    started_at: datetime | None
+    finished_at: datetime
+    created_at: datetime
+    metrics: dict[str, Any] | None
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """Counts all jobs per status (statuses with no jobs are absent)."""
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+    return {status: int(count) for status, count in rows}
+
+
+def oldest_queued(session: Session) -> datetime | None:
+    """Returns when the oldest still-queued job was created (None when the queue is empty)."""
+    return session.execute(select(func.min(Job.created_at)).where(Job.status == "queued")).scalar_one()
+
+
+def newest_heartbeat(session: Session) -> datetime | None:
+    """Returns the most recent heartbeat of any job a worker holds (None when no job is running)."""
+    return session.execute(select(func.max(Job.heartbeat_at)).where(Job.status.in_(ACTIVE))).scalar_one()
+
+
+def worker_reports(session: Session) -> list[tuple[str, dict[str, Any]]]:
+    """Returns (worker_id, progress) of every job a worker holds: the workers' latest self-reports."""
+    rows = session.execute(
+        select(Job.worker_id, Job.progress).where(Job.status.in_(ACTIVE), Job.worker_id.is_not(None))
+    )
+    return [(str(worker), dict(progress or {})) for worker, progress in rows]
+
+
+def finished_since(
+    session: Session, *, after: tuple[datetime, str] | None, limit: int
+) -> list[FinishedJob]:
+    """Returns up to `limit` terminal jobs finished after the (finished_at, id) watermark, oldest first."""
+    stmt = select(Job.id, Job.status, Job.started_at, Job.finished_at, Job.created_at, Job.metrics).where(
+        Job.finished_at.is_not(None)
+    )
+    if after is not None:
+        at, job_id = after
+        stmt = stmt.where(or_(Job.finished_at > at, and_(Job.finished_at == at, Job.id > job_id)))
+    stmt = stmt.order_by(Job.finished_at, Job.id).limit(limit)
+    return [FinishedJob(*row) for row in session.execute(stmt)]
