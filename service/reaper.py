@@ -137,24 +137,28 @@ class Reaper:
                     done.cleaned.append(job_id)
 
     def run(self, stop: threading.Event) -> None:
-        """Sweeps every `reaper_interval_s` until `stop` is set; a dead database is logged, not fatal."""
+        """Sweeps every `reaper_interval_s` until `stop` is set."""
         while not stop.is_set():
-            try:
-                self.sweep()
-                if self._db_down:
-                    self._db_down, self._db_back_at = False, self.clock()
-                    log.info("reaper %s: database back; leases judged again in %.0f s", self.actor,
-                             self.settings.stale_after_s)
-            except (DBAPIError, PoolTimeout) as exc:
-                if not self._db_down:
-                    log.warning("reaper %s: database unavailable (%s); retrying", self.actor,
-                                type(exc).__name__)
-                self._db_down = True
-            except StorageError as exc:
-                log.warning("reaper %s: object store unavailable (%s); retrying", self.actor, exc)
-            except Exception:  # a bug must not kill the thread that keeps jobs alive
-                log.exception("reaper %s: sweep failed", self.actor)
+            self.tick()
             stop.wait(self.settings.reaper_interval_s)
+
+    def tick(self) -> None:
+        """One sweep of the loop: an unreachable database or store is logged and noted, never fatal."""
+        try:
+            self.sweep()
+        except (DBAPIError, PoolTimeout) as exc:
+            if not self._db_down:
+                log.warning("reaper %s: database unavailable (%s); retrying", self.actor, type(exc).__name__)
+            self._db_down = True
+            return
+        except StorageError as exc:
+            log.warning("reaper %s: object store unavailable (%s); retrying", self.actor, exc)
+        except Exception:  # a bug must not kill the thread that keeps jobs alive
+            log.exception("reaper %s: sweep failed", self.actor)
+        if self._db_down:
+            self._db_down, self._db_back_at = False, self.clock()
+            log.info("reaper %s: database back; leases judged again in %.0f s", self.actor,
+                     self.settings.stale_after_s)
 
     def start(self) -> tuple[threading.Thread, threading.Event]:
         """Runs the loop in a daemon thread; returns it and the event that stops it."""

@@ -5,8 +5,8 @@ duplicate) can change nothing. A claimed job always leaves its worker one way (`
 finished (succeeded, failed, cancelled), released to the queue (SIGTERM, an infrastructure error with
 attempts left), or untouched because the lease is lost. Errors are sorted: a user's bad input fails at
 once; database, storage and network trouble is retried on another attempt; CUDA out-of-memory halves the
-batch size and resumes from the last checkpoint (up to `oom_retries` times). Torch is imported only
-inside `_compress`, in the child process that runs the job.
+batch size and trains again (up to `oom_retries` times). Torch is imported only inside `_compress`, in
+the child process that runs the job.
 """
 
 from __future__ import annotations
@@ -225,11 +225,19 @@ class JobRun:
 
     def _compress_within_memory(self, model: Path, dataset: Path, out_dir: Path, progress: ProgressWriter,
                                 checkpoints: StorageCheckpoints) -> dict[str, Any]:
-        """Compresses; on out-of-memory halves the batch size and resumes from the last epoch's checkpoint."""
+        """Compresses; on out-of-memory halves the batch size and trains again (up to `oom_retries` times).
+
+        The engine's step-based schedules cannot resume a checkpoint at another batch size, so a halving
+        restarts training; a later attempt resumes at the batch size its checkpoint was taken with.
+        """
         config = JobConfig.model_validate(self.lease.config)
+        resume = checkpoints.peek()
+        if resume is not None and resume.get("batch_size"):
+            config = _with_batch_size(config, int(resume["batch_size"]))
         retries: list[dict[str, Any]] = []
         oom = _oom_errors()
         while True:
+            checkpoints.batch_size = config.finetune.batch_size
             try:
                 report = _compress(model, dataset, config, out_dir, self.settings, progress, checkpoints)
                 report["oom_retries"] = retries
@@ -240,13 +248,13 @@ class JobRun:
                     raise OutOfMemory(
                         f"out of device memory at batch size {size} after {len(retries)} halvings; use a "
                         "smaller batch_size or a device with more memory") from exc
-                config = config.model_copy(update={"finetune": config.finetune.model_copy(
-                    update={"batch_size": max(1, size // 2)})})
+                config = _with_batch_size(config, max(1, size // 2))
                 retries.append({"batch_size": config.finetune.batch_size, "stage": progress.stage,
                                 "error": str(exc)[:200]})
-                self.log.warning("out of memory at batch size %d; retrying at %d from the last checkpoint",
-                                 size, config.finetune.batch_size)
+                self.log.warning("out of memory at batch size %d; training again at %d", size,
+                                 config.finetune.batch_size)
                 self.settler.note("oom_retry", retries[-1])
+                checkpoints.start_fresh()
                 _free_device_memory()
 
     def _confirm_lease(self) -> None:
@@ -259,6 +267,12 @@ class JobRun:
             raise JobStopped(LEASE_LOST)
         if status == "cancelling":
             raise JobStopped(CANCEL_REQUESTED)
+
+
+def _with_batch_size(config: JobConfig, batch_size: int) -> JobConfig:
+    """Returns the config with another finetuning batch size."""
+    finetune = config.finetune.model_copy(update={"batch_size": batch_size})
+    return config.model_copy(update={"finetune": finetune})
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
