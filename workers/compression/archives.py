@@ -135,8 +135,9 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
             total += info.file_size
             _check_size(info.filename, info.file_size, total, limits)
             if info.file_size > limits.max_ratio * max(info.compress_size, 1):
-                raise InvalidDataset(f"{info.filename} expands {info.file_size} times its compressed size "
-                                     f"({info.compress_size} bytes): a zip bomb is refused")
+                raise InvalidDataset(f"{info.filename} expands to {info.file_size} bytes from "
+                                     f"{info.compress_size}, more than {limits.max_ratio:g} times: a zip "
+                                     "bomb is refused")
             try:
                 with zf.open(info) as f:
                     yield info.filename, f.read(limits.max_member_bytes + 1)

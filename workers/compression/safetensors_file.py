@@ -2,7 +2,8 @@
 
 The official reader validates the JSON header itself (offsets contiguous and non-overlapping, shapes
 without overflow, the file exactly covered); this adds a smaller header cap than the library's 100 MiB
-and a dtype allow-list. The upload sandbox and `model_io` both read headers here.
+(`sniff.MAX_SAFETENSORS_HEADER`, 8 MiB) and a dtype allow-list. The upload sandbox and `model_io`
+both read headers here.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from workers.compression.errors import InvalidModel
+from workers.compression.sniff import MAX_SAFETENSORS_HEADER
 
 __all__ = ["ALLOWED_DTYPES", "MAX_HEADER_BYTES", "TensorTable", "read_header"]
 
 ALLOWED_DTYPES = frozenset({"F32", "F16", "BF16"})  # plus I64, for BatchNorm's num_batches_tracked only
-MAX_HEADER_BYTES = 8 << 20  # the header of ResNet-110 is ~50 KB; the library itself allows 100 MiB
+MAX_HEADER_BYTES = MAX_SAFETENSORS_HEADER  # one cap for the head sniff and the full read
 _LISTED = 12  # how many offending keys an error message names before summarizing
 
 

@@ -1,0 +1,111 @@
+"""Security test fixtures: a real app (SQLite, local objects, embedded broker) with API keys for two tenants.
+
+Requests go through httpx's ASGITransport (the request body streams to the app chunk by chunk); the
+upload sandbox runs real child processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.api.app import create_app
+from service.api.deps import AppContext
+from service.auth.service import KeyService
+from service.db.migrate import upgrade_head
+from service.settings import Settings
+from tests.security.uploads import CONFIG, linear_onnx, npz_dataset
+
+# Figures measured by the tests, printed at the end of the run (docs/security.md quotes them).
+FIGURES: list[str] = []
+
+# Generous abuse limits, so only the tests about them ever meet them.
+RELAXED = {"submit_burst": 10_000, "submit_rate_per_minute": 60_000.0, "max_active_jobs_per_tenant": 10_000}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Prints the security figures this run measured."""
+    if FIGURES:
+        terminalreporter.section("security figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Runs async tests on asyncio (the loop uvicorn uses)."""
+    return "asyncio"
+
+
+@dataclass
+class SecureApi:
+    """A client bound to an app in `auth=keys` mode, with a key per principal."""
+
+    client: httpx.AsyncClient
+    context: AppContext
+    root: Path
+    tokens: dict[str, str] = field(default_factory=dict)  # principal -> Authorization header value
+
+    def auth(self, principal: str) -> dict[str, str]:
+        """Headers that present `principal`'s credentials (none for "no_key")."""
+        token = self.tokens.get(principal)
+        return {} if token is None else {"Authorization": token}
+
+    async def submit(self, model: bytes | None = None, dataset: bytes | None = None, *,
+                     principal: str = "owner", config: dict[str, Any] | None = None,
+                     names: tuple[str, str] = ("model.onnx", "data.npz")) -> httpx.Response:
+        """POSTs a job; missing files get valid defaults (a linear ONNX model and a flat .npz)."""
+        files = {"model": (names[0], model if model is not None else linear_onnx().SerializeToString()),
+                 "dataset": (names[1], dataset if dataset is not None else npz_dataset())}
+        return await self.client.post("/jobs", files=files, data={"config": json.dumps(config or CONFIG)},
+                                      headers=self.auth(principal))
+
+    def objects(self) -> list[Path]:
+        """Every file under the object store's root."""
+        root = self.root / "objects"
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def make_keys(context: AppContext) -> dict[str, str]:
+    """Creates the principals' keys: owner (tenant acme), other (tenant globex), and a revoked one."""
+    keys = KeyService(context.jobs.sessions)
+    owner = keys.create(tenant="acme")[1]
+    other = keys.create(tenant="globex")[1]
+    revoked_row, revoked = keys.create(tenant="acme", name="revoked")
+    keys.revoke(revoked_row.id)
+    malformed = "sk_" + owner.split("_")[1] + "_not-the-secret"
+    return {"owner": f"Bearer {owner}", "other": f"Bearer {other}", "revoked": f"Bearer {revoked}",
+            "malformed": f"Bearer {malformed}"}
+
+
+@pytest.fixture
+def make_secure_api(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[SecureApi]]:
+    """Returns `async with make_secure_api(**settings) as api`: a migrated app with keys, in keys mode."""
+
+    @asynccontextmanager
+    async def factory(**overrides: Any) -> AsyncIterator[SecureApi]:
+        settings = Settings(data_dir=tmp_path / "data", auth="keys", **{**RELAXED, **overrides})
+        app = create_app(settings)
+        context: AppContext = app.state.context
+        upgrade_head(context.engine)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield SecureApi(client, context, settings.data_dir, make_keys(context))
+        context.engine.dispose()
+
+    return factory
+
+
+@pytest.fixture
+async def secure_api(make_secure_api: Callable[..., AbstractAsyncContextManager[SecureApi]],
+                     ) -> AsyncIterator[SecureApi]:
+    """An app in keys mode with default (relaxed) limits."""
+    async with make_secure_api() as api:
+        yield api
