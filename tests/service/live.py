@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from service.api import routes_events
+from service.api import routes_dashboard, routes_events
 from service.api.app import create_app
 from service.api.deps import AppContext
 from service.db.models import Job
@@ -67,7 +67,9 @@ class FakeWorker:
         store = self.context.store
         for name, data in {**files, "report.json": json.dumps(report).encode()}.items():
             store.put_stream(artifact_key(TENANT, job_id, name), [data])
-        self.finish(job_id, epoch, "succeeded", metrics={"accuracy": report["pruned"]["accuracy"]})
+        # The headline figures, as the real runner's summary keeps them in the job's metrics.
+        metrics = {side: report[side] for side in ("baseline", "pruned")} | {"timings_s": report["timings_s"]}
+        self.finish(job_id, epoch, "succeeded", metrics=metrics)
 
     def finish(self, job_id: str, epoch: int, status: str, **outcome: Any) -> None:
         """Moves the job to a terminal status (metrics, error_code, error_message as keywords)."""
@@ -123,6 +125,8 @@ def add_client_routes(app: FastAPI) -> None:
         app.include_router(routes_events.router)
     if "/metrics" not in paths:
         install_metrics(app)
+    if "/" not in paths:
+        app.include_router(routes_dashboard.router)
 
 
 @contextmanager
