@@ -45,8 +45,8 @@ def _duration(seconds: float) -> str:
 
 
 def _live_metrics(job: Job) -> str:
-    """The job's latest scalar metrics (loss, accuracy, ...) as `name value` pairs, at most four."""
-    source = (job.raw.get("progress") or {}).get("metrics") or job.metrics
+    """The running job's latest training metrics (loss, accuracy, ...) as `name value` pairs, at most four."""
+    source = (job.raw.get("progress") or {}).get("metrics") or {}
     scalars = [(k, v) for k, v in source.items() if isinstance(v, int | float) and not isinstance(v, bool)]
     return "  ".join(f"{k} {v:.4g}" for k, v in scalars[:4])
 
@@ -97,10 +97,23 @@ class ProgressView:
         self.stream.flush()
 
 
+def _headline(metrics: dict[str, Any]) -> str:
+    """`: accuracy a -> b, params p -> q, ONNX zstd x -> y bytes` from a finished job's metrics."""
+    base, pruned = metrics.get("baseline") or {}, metrics.get("pruned") or {}
+    parts = []
+    for key, label, fmt in (("accuracy", "accuracy", "{:.2%}"), ("params", "params", "{:,}"),
+                            ("onnx_zstd_bytes", "ONNX zstd bytes", "{:,}")):
+        before, after = base.get(key), pruned.get(key)
+        if isinstance(before, int | float) and isinstance(after, int | float):
+            parts.append(f"{label} {fmt.format(before)} -> {fmt.format(after)}")
+    return ": " + ", ".join(parts) if parts else ""
+
+
 def _finish(job: Job) -> int:
     """Reports a terminal job: a summary on success, `error: <code>: <message>` and a non-zero code if not."""
     if job.status == "succeeded":
-        print(f"{job.id} succeeded; download with: secateur download {job.id}")
+        print(f"{job.id} succeeded{_headline(job.metrics)}")
+        print(f"download with: secateur download {job.id} [--name model.onnx.zst|report.json]")
         return EXIT_OK
     code = job.error_code or job.status
     message = job.error_message or f"job {job.id} was {job.status}"

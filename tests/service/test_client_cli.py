@@ -116,7 +116,7 @@ def test_submit_wait_shows_progress_and_exits_zero(
     worker.join(5)
     out, err = capsys.readouterr()
     job_id = out.splitlines()[0]
-    assert f"{job_id} succeeded" in out
+    assert f"{job_id} succeeded: accuracy 91.00% -> 89.00%, params 270,000 -> 140,000" in out
     lines = err.splitlines()
     # Not a TTY: one plain line per status/stage/epoch change, in order, with epoch, metrics and ETA.
     epoch1 = next(i for i, line in enumerate(lines) if "epoch 1/2" in line)
