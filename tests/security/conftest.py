@@ -74,15 +74,16 @@ class SecureApi:
 
 
 def make_keys(context: AppContext) -> dict[str, str]:
-    """Creates the principals' keys: owner (tenant acme), other (tenant globex), and a revoked one."""
+    """The principals' credentials: owner (tenant acme), other (globex), revoked, malformed, wrong secret."""
     keys = KeyService(context.jobs.sessions)
     owner = keys.create(tenant="acme")[1]
     other = keys.create(tenant="globex")[1]
     revoked_row, revoked = keys.create(tenant="acme", name="revoked")
     keys.revoke(revoked_row.id)
-    malformed = "sk_" + owner.split("_")[1] + "_not-the-secret"
+    key_id = owner.split("_")[1]
+    wrong = f"sk_{key_id}_{'0' * 64}"  # well-formed, real id, wrong secret
     return {"owner": f"Bearer {owner}", "other": f"Bearer {other}", "revoked": f"Bearer {revoked}",
-            "malformed": f"Bearer {malformed}"}
+            "malformed": f"Bearer sk_{key_id}_not-a-secret", "wrong_secret": f"Bearer {wrong}"}
 
 
 @pytest.fixture
