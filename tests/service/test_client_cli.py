@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from service.api import routes_events
+from service.auth.service import KeyService
 from service.client import ApiError, Job, SecateurClient, iter_sse
 from service.client_cli import ProgressView, describe, main
 from service.db.session import session_scope
@@ -263,3 +264,25 @@ def test_sse_parser_follows_the_spec() -> None:
     assert [(e.event, e.id, e.retry_ms) for e in events] == [("stage", "7", 500), ("message", "7", 500)]
     assert events[0].json() == {"a": 1}
     assert events[0].data == '{"a":\n1}'
+
+
+def test_api_key_is_sent_and_scopes_what_the_cli_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with serve(tmp_path / "keys-server", auth="keys") as live:
+        keys = KeyService(live.worker.context.jobs.sessions)
+        token, other = keys.create(tenant="acme")[1], keys.create(tenant="other")[1]
+        job_id = live.worker.insert(tenant="acme")
+        monkeypatch.setenv("SECATEUR_URL", live.url)
+        monkeypatch.delenv("SECATEUR_API_KEY", raising=False)
+        assert main(["jobs"]) == 1
+        assert capsys.readouterr().err.startswith("error: unauthorized: ")
+        monkeypatch.setenv("SECATEUR_API_KEY", other)
+        assert main(["status", job_id]) == 1  # another tenant's job does not exist for this key
+        assert capsys.readouterr().err.startswith("error: not_found: ")
+        monkeypatch.setenv("SECATEUR_API_KEY", token)
+        assert main(["jobs"]) == 0
+        assert job_id in capsys.readouterr().out
+        in_background(run_job(live, "failed", job_id))
+        assert main(["status", job_id, "--wait"]) == 1  # followed over the authenticated event stream
+        assert "error: export_mismatch: " in capsys.readouterr().err
