@@ -11,11 +11,14 @@ from fastapi import FastAPI
 
 from service.api.deps import AppContext
 from service.api.errors import install_error_handlers
+from service.api.routes_dashboard import router as dashboard_router
+from service.api.routes_events import router as events_router
 from service.api.routes_health import router as health_router
 from service.api.routes_jobs import router as jobs_router
 from service.db.migrate import upgrade_head
 from service.db.session import make_engine, make_session_factory
 from service.jobs.service import JobService
+from service.metrics import install_metrics
 from service.queue import make_celery
 from service.reaper import start_reaper
 from service.settings import Settings, get_settings
@@ -61,5 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     app.include_router(jobs_router)
+    app.include_router(events_router)
     app.include_router(health_router)
+    app.include_router(dashboard_router)
+    install_metrics(app)  # GET /metrics and the HTTP latency middleware
     return app

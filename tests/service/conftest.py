@@ -6,8 +6,10 @@ so the upload path is exercised the way a real server drives it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import sqlite3
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -98,9 +100,13 @@ class Api:
         return sorted(p for p in objects.rglob("*") if p.is_file()) if objects.exists() else []
 
     def wakeups(self) -> list[str]:
-        """The raw wake-up messages waiting in the embedded broker's queue folder."""
-        queue = self.root / "broker" / "queue"
-        return [p.read_text() for p in sorted(queue.iterdir())] if queue.exists() else []
+        """The raw wake-up messages waiting in the embedded broker (kombu's SQLAlchemy transport tables)."""
+        broker = self.root / "broker.sqlite"
+        if not broker.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(broker)) as db:
+            rows = db.execute("SELECT payload FROM kombu_message WHERE visible ORDER BY id")
+            return [payload for (payload,) in rows]
 
     def job_count(self) -> int:
         """How many job rows exist."""
