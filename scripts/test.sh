@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# The dashboard's browser test drives Debian's Chromium headless; install it where we can (root + apt).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 .venv/bin/ruff check .
 .venv/bin/mypy
