@@ -34,6 +34,7 @@ class ProgressOut(BaseModel):
     epochs: int = 0
     step: int = 0
     eta_s: float | None = None
+    metrics: dict[str, float] = {}  # the latest live training metrics (loss, accuracy, lr, ...)
 
 
 class JobLinks(BaseModel):
@@ -89,6 +90,8 @@ def job_out(job: Job, now: datetime) -> JobOut:
         epochs=int(raw.get("epochs", 0)),
         step=int(raw.get("step", 0)),
         eta_s=_eta_s(job, fraction, now),
+        metrics={k: float(v) for k, v in (raw.get("metrics") or {}).items()
+                 if isinstance(v, int | float) and not isinstance(v, bool)},
     )
     base = f"/jobs/{job.id}"
     done = job.status == "succeeded"
