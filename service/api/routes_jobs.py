@@ -38,6 +38,7 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["model", "dataset", "config"],
+                    "additionalProperties": False,  # any other part is refused (unexpected_part)
                     "properties": {
                         "model": {"type": "string", "format": "binary",
                                   "description": "ONNX, or safetensors weights of `config.architecture`"},
