@@ -67,6 +67,7 @@ class Reaper:
         self.wake, self.actor, self.clock = wake, actor, clock
         self._db_back_at = -float("inf")  # when the database answered again after an outage
         self._db_down = False
+        self._broker_lost = False  # a wake-up could not be sent: the broker may have lost queued ones
 
     def sweep(self) -> Sweep:
         """Runs one pass; raises what the database or store raised (the loop logs it and tries again)."""
@@ -75,8 +76,9 @@ class Reaper:
             self._reap_leases(done)
         self._resend_wakeups(done)
         self._clean_checkpoints(done)
-        for job_id in done.requeued + done.resent:
-            self.wake(job_id)
+        sent = [self.wake(job_id) for job_id in done.requeued + done.resent]
+        if sent:
+            self._broker_lost = not all(sent)
         if any((done.requeued, done.failed, done.cancelled, done.resent)):
             log.info("reaper %s: requeued %s, failed %s, cancelled %s, re-woke %s", self.actor, done.requeued,
                      done.failed, done.cancelled, done.resent)
@@ -118,10 +120,15 @@ class Reaper:
                                         detail=detail)
 
     def _resend_wakeups(self, done: Sweep) -> None:
-        """Marks queued jobs nobody claimed in time, to wake them again after the commit."""
-        cutoff = utcnow() - timedelta(seconds=self.settings.wakeup_resend_after_s)
+        """Marks queued jobs nobody claimed in time, to wake them again after the commit.
+
+        Re-sends back off per job, unless a send failed lately: a broker that was down may have come back
+        empty (Redis without persistence), so then every waiting job is woken again.
+        """
         with session_scope(self.sessions) as session:
-            for job_id, epoch in recovery.take_unclaimed(session, cutoff=cutoff, limit=BATCH):
+            due = recovery.take_unclaimed(session, now=utcnow(), after_s=self.settings.wakeup_resend_after_s,
+                                          limit=BATCH, backoff=not self._broker_lost)
+            for job_id, epoch in due:
                 done.resent.append(job_id)
                 repository.record_event(session, job_id=job_id, epoch=epoch, kind="wakeup_resent",
                                         actor=self.actor)

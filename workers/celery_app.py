@@ -35,6 +35,7 @@ from workers.lease import worker_id
 __all__ = ["TASK_NAME", "make_celery"]
 
 log = logging.getLogger(__name__)
+RECYCLE_CHECK_S = 0.25
 _reaper: dict[str, Any] = {}  # the parent's reaper: its engine and the event that stops it
 
 
@@ -61,8 +62,28 @@ def make_celery(settings: Settings) -> Celery:
     app.task(name=TASK_NAME, ignore_result=True)(tasks.run_job)
     worker_process_init.connect(_dispose_inherited_pools, weak=False, dispatch_uid="secateur.dispose_pools")
     worker_shutting_down.connect(_forward_sigterm, weak=False, dispatch_uid="secateur.forward_sigterm")
-    worker_ready.connect(lambda **_: _start_reaper(settings), weak=False, dispatch_uid="secateur.reaper")
+    worker_ready.connect(lambda sender, **_: _on_ready(sender, settings), weak=False,
+                         dispatch_uid="secateur.on_ready")
     return app
+
+
+def _on_ready(consumer: Any, settings: Settings) -> None:
+    """Once the worker consumes: start the reaper, and replace finished job processes promptly."""
+    _start_reaper(settings)
+    _recycle_children_promptly(consumer)
+
+
+def _recycle_children_promptly(consumer: Any) -> None:
+    """Checks every RECYCLE_CHECK_S for exited pool children and starts their replacements.
+
+    With one task per child, a child exits after every wake-up (a duplicate one included). Celery starts
+    the replacement when the child's exit is seen, but often looks too early and then waits for its 5 s
+    maintenance timer (celery/celery#9588): each exit cost 5 s of idle worker, measured here.
+    """
+    pool = getattr(getattr(consumer, "pool", None), "_pool", None)
+    hub = getattr(consumer, "hub", None)
+    if pool is not None and hub is not None and hasattr(pool, "maintain_pool"):
+        hub.call_repeatedly(RECYCLE_CHECK_S, pool.maintain_pool)
 
 
 def _start_reaper(settings: Settings) -> None:

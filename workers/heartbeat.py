@@ -70,6 +70,8 @@ class LeaseGuard:
 
     def request(self, reason: str) -> None:
         """Asks the job to stop for `reason` (kept if stronger than an earlier one); safe from any thread."""
+        if self._closed.is_set():
+            return  # the job is settled: whatever the last heartbeat saw no longer matters
         with self._lock:
             if self._reason is None:
                 self._since = self.clock()
@@ -130,7 +132,7 @@ class LeaseGuard:
         return self
 
     def close(self) -> None:
-        """Stops the heartbeat thread (the job is settled or handed over)."""
+        """Stops the heartbeat thread (the job is settled or handed over); safe to call twice."""
         self._closed.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.settings.heartbeat_interval_s + 5)

@@ -126,10 +126,11 @@ class JobRun:
         self.exit_process = exit_process
         self.log = JobLog(log, {"job_id": lease.job_id, "epoch": lease.epoch})
         self.store = make_store(settings)
-        self.settler = Settler(lease, settings, factory, self.store, actor, self.log, send_wakeup)
         assert lease.started_at is not None  # a claim sets it
         self.guard = LeaseGuard(job_id=lease.job_id, epoch=lease.epoch, started_at=lease.started_at,
                                 factory=factory, settings=settings, on_overdue=self._overdue)
+        self.settler = Settler(lease, settings, factory, self.store, actor, self.log, send_wakeup,
+                               on_settled=self.guard.close)
 
     def run(self) -> str | None:
         """Executes the attempt and settles it, whatever happens (heartbeat and SIGTERM handler meanwhile)."""

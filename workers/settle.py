@@ -27,9 +27,10 @@ class Settler:
     """Writes one lease's outcome: finish, release or (lease lost) only a note in the event log."""
 
     def __init__(self, lease: Lease, settings: Settings, factory: sessionmaker[Session], store: ObjectStore,
-                 actor: str, jlog: JobLog, wake: Callable[[str], bool]) -> None:
+                 actor: str, jlog: JobLog, wake: Callable[[str], bool],
+                 on_settled: Callable[[], None] = lambda: None) -> None:
         self.lease, self.settings, self.factory, self.store = lease, settings, factory, store
-        self.actor, self.log, self.wake = actor, jlog, wake
+        self.actor, self.log, self.wake, self.on_settled = actor, jlog, wake, on_settled
         self._lock = threading.Lock()
         self._done = False
         self.outcome: str | None = None  # the status written, None when nothing was (lease lost)
@@ -39,6 +40,7 @@ class Settler:
         with self._lock:
             if not self._done:
                 self.outcome, self._done = outcome(), True
+                self.on_settled()
             return self.outcome
 
     def try_once(self, outcome: Callable[[], str | None]) -> bool:
@@ -49,6 +51,7 @@ class Settler:
             if self._done:
                 return False
             self.outcome, self._done = outcome(), True
+            self.on_settled()
             return True
         finally:
             self._lock.release()

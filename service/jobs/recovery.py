@@ -9,13 +9,13 @@ the transaction, as in `service.jobs.repository`.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, select, update
+from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
-from service.db.models import Job, utcnow
+from service.db.models import Job, JobEvent, utcnow
 from service.jobs.states import ACTIVE, TERMINAL
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "stale_leases",
     "take_unclaimed",
 ]
+
+RESEND_BACKOFF_STEPS = 3  # re-sends of one queued job space out up to 8x `wakeup_resend_after_s`
 
 
 def _changed(session: Session, stmt: Update) -> int:
@@ -87,21 +89,34 @@ def release(session: Session, *, job_id: str, epoch: int, refund: bool) -> bool:
     return _changed(session, stmt) == 1
 
 
-def take_unclaimed(session: Session, *, cutoff: datetime, limit: int) -> list[tuple[str, int]]:
-    """Returns (id, epoch) of queued jobs untouched since `cutoff` (wake-up probably lost), touching them.
+def take_unclaimed(session: Session, *, now: datetime, after_s: float, limit: int, backoff: bool = True
+                   ) -> list[tuple[str, int]]:
+    """Returns (id, epoch) of queued jobs nobody claimed for a while (wake-up maybe lost), touching them.
 
-    Touching `updated_at` is what makes one replica, not all of them, re-send each wake-up per period.
+    A job is due `after_s` after it was queued, then after 2x, 4x, 8x that since the previous re-send
+    (counted from its `wakeup_resent` events under its current epoch): a backlog behind busy workers must
+    not fill the broker with copies. `backoff=False` re-sends every job due `after_s`, for when the broker
+    is known to have lost messages. Touching `updated_at` is what makes one replica, not all of them,
+    re-send each wake-up.
     """
+    resends = (
+        select(func.count())
+        .where(JobEvent.job_id == Job.id, JobEvent.kind == "wakeup_resent", JobEvent.epoch == Job.epoch)
+        .scalar_subquery()
+    )
     stmt = (
-        select(Job.id, Job.epoch)
-        .where(Job.status == "queued", Job.updated_at < cutoff)
+        select(Job.id, Job.epoch, Job.updated_at, resends)
+        .where(Job.status == "queued", Job.updated_at < now - timedelta(seconds=after_s))
         .order_by(Job.updated_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=Job)
     )
-    now = utcnow()
     taken = []
-    for job_id, epoch in session.execute(stmt).all():
+    for job_id, epoch, updated_at, count in session.execute(stmt).all():
+        wait_s = after_s * 2 ** min(int(count), RESEND_BACKOFF_STEPS) if backoff else after_s
+        cutoff = now - timedelta(seconds=wait_s)
+        if updated_at >= cutoff:
+            continue
         touch = update(Job).where(Job.id == job_id, Job.status == "queued", Job.updated_at < cutoff)
         if _changed(session, touch.values(updated_at=now)) == 1:
             taken.append((job_id, epoch))

@@ -119,18 +119,38 @@ def test_a_cancelling_job_whose_worker_died_ends_cancelled(
     assert fetch(factory, job_id).status == "cancelled"
 
 
-def test_lost_wakeups_are_resent_once_per_period(
+def test_lost_wakeups_are_resent_with_backoff(
     settings: Settings, factory: sessionmaker[Session], store: ObjectStore, tiny: TinyJob
 ) -> None:
-    """A job queued past the resend age is woken again, once: the touch stops the next sweep re-sending."""
+    """A job queued past the resend age is woken again, once per period; the periods double (60, 120 s),
+    so a backlog behind busy workers does not flood the broker."""
     reaper, woken = make_reaper(settings, factory, store)
     old, new = submit(factory, store, tiny), submit(factory, store, tiny)
     age(factory, old, 61)
     assert reaper.sweep().resent == [old]
-    assert reaper.sweep().resent == []
-    assert woken == [old]
-    assert "wakeup_resent" in event_kinds(factory, old)
+    assert reaper.sweep().resent == []  # touched: not due again yet
+    age(factory, old, 61)
+    assert reaper.sweep().resent == []  # the second re-send waits 120 s
+    age(factory, old, 121)
+    assert reaper.sweep().resent == [old]
+    assert woken == [old, old]
+    assert event_kinds(factory, old).count("wakeup_resent") == 2
     assert fetch(factory, new).status == "queued"
+
+
+def test_after_a_failed_send_every_waiting_job_is_woken_again(
+    settings: Settings, factory: sessionmaker[Session], store: ObjectStore, tiny: TinyJob
+) -> None:
+    """A broker that refused a wake-up may come back empty: then the backoff is dropped until sends work."""
+    reaper, woken = make_reaper(settings, factory, store)
+    job_id = submit(factory, store, tiny)
+    age(factory, job_id, 61)
+    reaper.wake = lambda _: False  # the broker is down
+    assert reaper.sweep().resent == [job_id]
+    reaper.wake = lambda j: woken.append(j) is None
+    age(factory, job_id, 61)  # due again after the base period, backoff or not
+    assert reaper.sweep().resent == [job_id]
+    assert woken == [job_id]
 
 
 def test_concurrent_reapers_act_once(
