@@ -79,10 +79,10 @@ def _folder() -> dict[str, bytes]:
             for cls in ("cat", "dog") for i in range(n)}
 
 
-def image_zip() -> bytes:
-    """A valid image-folder .zip dataset."""
+def image_zip(compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A valid image-folder .zip dataset (members stored, or compressed with `compression`)."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
         for name, data in _folder().items():
             zf.writestr(name, data)
     return buf.getvalue()

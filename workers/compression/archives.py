@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import lzma
 import math
 import stat
 import tarfile
@@ -34,6 +35,8 @@ _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 _ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".npz"})
 _SPLITS = ("train", "val")
 _MODES = {"L": "L", "1": "L", "RGB": "RGB", "P": "RGB"}  # stored mode -> the mode we train on
+# What zipfile can decompress; anything else is refused before a member is opened.
+_ZIP_COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 _RATIO_FLOOR = 1 << 20  # below this many bytes a stream's compression ratio is not judged yet
 
 
@@ -132,6 +135,9 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
                 continue
             if info.flag_bits & 0x1:
                 raise InvalidDataset(f"{info.filename} is encrypted")
+            if info.compress_type not in _ZIP_COMPRESSIONS:
+                raise InvalidDataset(f"{info.filename} uses ZIP compression method {info.compress_type}; "
+                                     "use stored, deflate, bzip2 or lzma")
             total += info.file_size
             _check_size(info.filename, info.file_size, total, limits)
             if info.file_size > limits.max_ratio * max(info.compress_size, 1):
@@ -141,7 +147,7 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
             try:
                 with zf.open(info) as f:
                     yield info.filename, f.read(limits.max_member_bytes + 1)
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError) as exc:
                 raise InvalidDataset(f"{info.filename} cannot be read from the ZIP ({exc})") from None
 
 
