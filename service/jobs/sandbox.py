@@ -42,6 +42,7 @@ from workers.compression.errors import (
     UnsupportedOp,
     UserError,
 )
+from workers.compression.validate import RESOURCES_EXCEEDED, VALIDATOR_BROKEN
 
 if TYPE_CHECKING:
     from service.jobs.service import StoredInput
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["PARSE_TIMEOUT", "RESOURCES_EXCEEDED", "Inspection", "child_env", "inspect_uploads"]
 
 PARSE_TIMEOUT = "parse_timeout"
-RESOURCES_EXCEEDED = "parse_resources_exceeded"  # the same code the child reports for a MemoryError
 CODE_ROOT = Path(workers.__file__).resolve().parents[1]  # where `workers` is importable from
 _ENGINE_ERRORS: dict[str, type[UserError]] = {
     cls.code: cls
@@ -171,16 +171,17 @@ def _verdict(lines: list[dict[str, Any]], returncode: int, stderr: str) -> Inspe
         code, message = str(final.get("code")), str(final.get("message", ""))
         if code in _ENGINE_ERRORS:
             raise _ENGINE_ERRORS[code](message)
-        raise InvalidRequest(message or "the uploads could not be checked within the limits",
-                             code=RESOURCES_EXCEEDED if code == RESOURCES_EXCEEDED else "invalid_upload")
+        if code == RESOURCES_EXCEEDED:
+            raise InvalidRequest(message, code=RESOURCES_EXCEEDED)
+        log.error("upload validator cannot run: %s %s", code, message)
+        raise ServiceError("the upload validator could not run; it has been logged", code=VALIDATOR_BROKEN)
     stages = [str(line["stage"]) for line in lines if "stage" in line]
     if returncode < 0 and -returncode in _LIMIT_SIGNALS:
         raise InvalidRequest("checking the uploads went past the validation limits (CPU time or file "
                              "writes); they are refused", code=RESOURCES_EXCEEDED)
     if not stages:  # it died before opening any input: a deployment problem, not the uploader's
         log.error("upload validator failed to start (exit %s): %s", returncode, stderr[-2000:])
-        raise ServiceError("the upload validator could not start; it has been logged",
-                           code="validator_unavailable")
+        raise ServiceError("the upload validator could not start; it has been logged", code=VALIDATOR_BROKEN)
     stage = stages[-1]
     log.warning("upload validator crashed on the %s (exit %s): %s", stage, returncode, stderr[-2000:])
     raise _STAGE_ERRORS[stage](f"the {stage} file crashed the parser (exit status {returncode}); it is "

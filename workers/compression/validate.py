@@ -16,6 +16,7 @@ Torch is imported only to compare safetensors weights with a zoo architecture.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import resource
 import sys
@@ -26,9 +27,11 @@ from typing import Any
 from workers.compression.config import ARCHITECTURES
 from workers.compression.errors import InvalidConfig, InvalidDataset, UserError
 
-__all__ = ["MAX_OPEN_FILES", "RESOURCES_EXCEEDED", "inspect_inputs", "limit_resources", "main"]
+__all__ = ["MAX_OPEN_FILES", "RESOURCES_EXCEEDED", "VALIDATOR_BROKEN", "inspect_inputs", "limit_resources",
+           "main"]
 
 RESOURCES_EXCEEDED = "parse_resources_exceeded"
+VALIDATOR_BROKEN = "validator_unavailable"  # the child cannot run at all: a server fault, never the input's
 MAX_OPEN_FILES = 64  # the interpreter, its libraries and two inputs need far fewer
 _MAX_MESSAGE = 2000  # characters of an error message passed back (input-derived names are truncated)
 _STAGE_CODES = {"dataset": "invalid_dataset", "model": "invalid_model"}
@@ -132,14 +135,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         verdict = inspect_inputs(args.model, args.dataset, args.architecture, announce)
     except UserError as exc:
         verdict = {"ok": False, "code": exc.code, "message": exc.message[:_MAX_MESSAGE]}
-    except MemoryError:
-        verdict = {"ok": False, "code": RESOURCES_EXCEEDED,
-                   "message": "parsing the upload needed more memory than the validation limit allows"}
-    except Exception as exc:  # a parser failing in a way nobody typed is still a refusal of that input
-        verdict = {"ok": False, "code": _STAGE_CODES[stages[-1]],
-                   "message": f"the {stages[-1]} file could not be parsed ({type(exc).__name__})"}
+    except Exception as exc:
+        verdict = _unexpected(exc, stages[-1])
     _emit(verdict)
     return 0
+
+
+def _unexpected(exc: Exception, stage: str) -> dict[str, Any]:
+    """The verdict for an untyped failure: the memory cap, a broken install, or else the input's fault."""
+    if _out_of_memory(exc):
+        return {"ok": False, "code": RESOURCES_EXCEEDED,
+                "message": "checking the upload needed more memory than the validation limit allows"}
+    if isinstance(exc, ImportError):  # not caused by any input: the deployment is broken
+        return {"ok": False, "code": VALIDATOR_BROKEN, "message": f"the validator cannot import: {exc}"}
+    # A parser failing in a way nobody typed is still a refusal of that input.
+    return {"ok": False, "code": _STAGE_CODES[stage],
+            "message": f"the {stage} file could not be parsed ({type(exc).__name__})"}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Tells whether an error comes from the address-space cap (in Python, or mapping a shared library)."""
+    if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
+        return True
+    text = str(exc)
+    return isinstance(exc, (ImportError, OSError)) and (
+        "failed to map segment" in text or "Cannot allocate memory" in text)
 
 
 if __name__ == "__main__":
