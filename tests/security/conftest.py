@@ -27,7 +27,8 @@ from tests.security.uploads import CONFIG, linear_onnx, npz_dataset
 FIGURES: list[str] = []
 
 # Generous abuse limits, so only the tests about them ever meet them.
-RELAXED = {"submit_burst": 10_000, "submit_rate_per_minute": 60_000.0, "max_active_jobs_per_tenant": 10_000}
+RELAXED: dict[str, Any] = {"submit_burst": 10_000, "submit_rate_per_minute": 60_000.0,
+                           "max_active_jobs_per_tenant": 10_000}
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

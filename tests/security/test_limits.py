@@ -263,7 +263,7 @@ async def test_the_child_gets_no_credentials(make_secure_api: AsyncApiFactory,
         seen.append(dict(kwargs["env"]))
         return real_popen(*args, **kwargs)
 
-    monkeypatch.setattr(sandbox.subprocess, "Popen", spy)
+    monkeypatch.setattr(subprocess, "Popen", spy)  # the sandbox's module: its one Popen call is spied on
     async with make_secure_api() as api:
         assert (await api.submit()).status_code == 202
     [env] = seen

@@ -79,7 +79,7 @@ def _report_figures() -> Iterator[None]:
                    f"operations, {len(ALL_CHECKS)} checks each; failed requests: {_TALLY['failed']}")
 
 
-@schema.parametrize()
+@schema.parametrize()  # type: ignore[untyped-decorator]
 def test_api_conforms_to_its_schema(case: Any) -> None:
     _TALLY[f"{case.operation.method.upper()} {case.operation.path}"] += 1
     try:

@@ -6,6 +6,7 @@ an ONNX model must take the dataset's samples. `FEATURES`/`CLASSES` tie the piec
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 import zipfile
@@ -59,7 +60,7 @@ def linear_onnx(features: int = FEATURES, classes: int = CLASSES) -> onnx.ModelP
 def mlp_safetensors(features: int = FEATURES, classes: int = CLASSES) -> bytes:
     """Weights of the zoo's `mlp` (features -> 300 -> 100 -> classes) as safetensors."""
     shapes = {"fc1": (300, features), "fc2": (100, 300), "fc3": (classes, 100)}
-    tensors = {}
+    tensors: dict[str, np.ndarray] = {}
     for name, (out, inp) in shapes.items():
         tensors[f"{name}.weight"] = np.full((out, inp), 0.01, np.float32)
         tensors[f"{name}.bias"] = np.zeros(out, np.float32)
@@ -91,9 +92,9 @@ def image_zip(compression: int = zipfile.ZIP_STORED) -> bytes:
 def image_tar(compression: str = "") -> bytes:
     """A valid image-folder .tar (or .tar.gz with compression="gz") dataset."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tf:
+    with tarfile.open(fileobj=buf, mode="w") as tf:
         for name, data in _folder().items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return gzip.compress(buf.getvalue()) if compression == "gz" else buf.getvalue()
