@@ -108,7 +108,7 @@ def run_job(job_id: str, *, settings: Settings, actor: str | None = None,
     with session_scope(factory) as session:
         job = repository.claim_job(session, job_id=job_id, worker_id=actor)
         if job is None:
-            JobLog(log, {"job_id": job_id}).info("not claimable (taken, finished or gone); wake-up ignored")
+            JobLog(log, {"job_id": job_id}).info("not queued any more: duplicate wake-up ignored")
             return None
         lease = Lease(job.id, job.tenant, job.epoch, job.attempt, dict(job.config), job.model_format,
                       job.dataset_format, job.max_attempts, job.started_at)
