@@ -1,7 +1,7 @@
 """The workers' Celery app: it only carries `{job_id}` wake-ups; the database is the queue of record.
 
 Settings follow DESIGN.md's reliability rules: early ack (a wake-up is acknowledged on receipt; a lost
-one is recovered from the jobs table, never by broker redelivery, which re-runs long tasks), prefetch 1,
+one is recovered from the jobs table, never by broker redelivery, which re-runs long tasks), prefetch off,
 one task per child process (each job gets a fresh process: no leaked CUDA context, torch threads or
 memory), JSON only. This module, the task module and the forking parent never import torch: the engine
 is imported inside the child that runs the job.
@@ -54,6 +54,9 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=False,
         task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
+        # A busy worker reserves no further wake-up, so wake-ups reach idle workers instead of waiting
+        # behind a running (or frozen) job. Celery supports it for Redis only and warns elsewhere.
+        worker_disable_prefetch=settings.broker_url.startswith(("redis://", "rediss://")),
         worker_max_tasks_per_child=1,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a worker outlives broker restarts; it never gives up
