@@ -37,6 +37,9 @@ _SPLITS = ("train", "val")
 _MODES = {"L": "L", "1": "L", "RGB": "RGB", "P": "RGB"}  # stored mode -> the mode we train on
 # What zipfile can decompress; anything else is refused before a member is opened.
 _ZIP_COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
+# What reading a damaged member can raise; NotImplementedError is zipfile's answer to a member that
+# claims to need a newer "version to extract".
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, NotImplementedError)
 _RATIO_FLOOR = 1 << 20  # below this many bytes a stream's compression ratio is not judged yet
 
 
@@ -116,7 +119,7 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
     """Yields (name, bytes) of a ZIP's regular files after checking each entry's name, type and sizes."""
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise InvalidDataset(f"the ZIP archive is corrupt ({exc})") from None
     with zf:
         infos = zf.infolist()
@@ -147,7 +150,7 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
             try:
                 with zf.open(info) as f:
                     yield info.filename, f.read(limits.max_member_bytes + 1)
-            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError) as exc:
+            except _ZIP_READ_ERRORS as exc:
                 raise InvalidDataset(f"{info.filename} cannot be read from the ZIP ({exc})") from None
 
 

@@ -179,7 +179,7 @@ def _central_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as zf:
             return zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):  # the last: an odd "version"
         return None
 
 
