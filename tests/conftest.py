@@ -3,6 +3,7 @@ derandomized Hypothesis in CI."""
 
 import os
 
+import pytest
 from hypothesis import settings
 
 # CI replays the same examples every run (a red build is reproducible); local runs keep exploring.
@@ -12,3 +13,8 @@ if os.environ.get("CI") == "true":
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Adds `--trials` (repetitions of each chaos scenario) at the root, where `pytest -m chaos` sees it."""
+    parser.addoption("--trials", type=int, default=1, help="repetitions of every chaos scenario (default 1)")

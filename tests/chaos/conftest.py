@@ -28,11 +28,6 @@ CHAOS_CONFIG = {**CONFIG, "finetune": {"epochs": 6, "batch_size": 32, "lr": 0.05
 _TRIALS: list[Trial] = []
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    """Adds `--trials`."""
-    parser.addoption("--trials", type=int, default=1, help="repetitions of every chaos scenario (default 1)")
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrizes every test that takes `trial` over range(--trials)."""
     if "trial" in metafunc.fixturenames:
