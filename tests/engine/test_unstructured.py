@@ -319,7 +319,7 @@ def test_method_reaches_target_and_reports(method: str) -> None:
     report = result.report
     assert (report["interval"], report["interval_requested"], report["t_end_step"]) == (2, 100, 24)
     assert report["pruning_events"] == 12
-    assert (report["beta"], report["gamma"]) == ((0.0, 1.0) if method == "magnitude" else (0.5, 1.0))
+    assert (report["beta"], report["gamma"]) == ((0.0, 1.0) if method == "magnitude" else (0.5, 0.5))
     assert report["prunable_params"] == 384
     assert report["sparsity_prunable"] == 288 / 384
     params = sum(p.numel() for p in model.parameters())
