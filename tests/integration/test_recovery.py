@@ -199,9 +199,10 @@ def test_max_runtime_fails_the_job(
 ) -> None:
     """A job past max_runtime_s is stopped at the next step after a heartbeat notices: failed/max_runtime."""
     def slow(event: Progress, call: int) -> None:
-        """Makes every training step take a while."""
+        """Makes every training step take long enough that training outlasts the limit even when the
+        process is warm (the check can only stop the job at a step boundary)."""
         if event.epoch:
-            time.sleep(0.02)
+            time.sleep(0.2)
 
     inject(monkeypatch, slow)
     job_id = submit(factory, store, tiny, config=THREE_EPOCHS)
