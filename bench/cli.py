@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.data import dataset_file
-from bench.runner import Setup
+from bench.runner import RunSpec, Setup, execute
 
-__all__ = ["BENCH_DIR", "add_scale_args", "parse", "setup_from"]
+__all__ = ["BENCH_DIR", "add_scale_args", "parse", "run_training_benchmark", "setup_from"]
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -48,3 +48,21 @@ def setup_from(args: argparse.Namespace, bench: str) -> Setup:
     results: Path = args.results_dir
     dataset = dataset_file(results / "data", train=args.train_subset, val=args.val_subset)
     return Setup(bench=bench, dataset=dataset, results_dir=results, workers=args.workers, device=args.device)
+
+
+def run_training_benchmark(
+    bench: str,
+    parser: argparse.ArgumentParser,
+    quick: dict[str, Any],
+    plan: Callable[[argparse.Namespace], list[RunSpec]],
+    table: Callable[[Sequence[dict[str, Any]]], str],
+    argv: Sequence[str] | None,
+) -> None:
+    """Runs (or resumes) a training benchmark's plan and writes its markdown table next to the JSONL."""
+    args = parse(parser, quick, argv)
+    setup = setup_from(args, bench)
+    records = execute(plan(args), setup, dry_run=args.dry_run)
+    if not args.dry_run:
+        path = setup.results_dir / f"{bench}.md"
+        path.write_text(table(records))
+        print(f"[{bench}] table written to {path}")

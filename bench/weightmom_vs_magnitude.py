@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.budget import run_seconds
-from bench.cli import add_scale_args, parse, setup_from
-from bench.runner import RunSpec, execute
+from bench.cli import add_scale_args, run_training_benchmark
+from bench.runner import RunSpec
 from bench.tables import by, by_scale, cell, markdown, mean_std, pct
 from workers.compression.methods.schedule import make_schedule
 
@@ -157,13 +157,7 @@ def _scale_table(records: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs (or resumes) the benchmark and writes its markdown table next to the JSONL."""
-    args = parse(parser(), QUICK, argv)
-    setup = setup_from(args, BENCH)
-    records = execute(plan(args), setup, dry_run=args.dry_run)
-    if not args.dry_run:
-        path = setup.results_dir / f"{BENCH}.md"
-        path.write_text(table(records))
-        print(f"[{BENCH}] table written to {path}")
+    run_training_benchmark(BENCH, parser(), QUICK, plan, table, argv)
 
 
 if __name__ == "__main__":
