@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import lzma
 import math
 import stat
 import tarfile
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from workers.compression.errors import InvalidDataset
+from workers.compression.zip_errors import ZIP_OPEN_ERRORS, ZIP_READ_ERRORS
 
 __all__ = ["DEFAULT_LIMITS", "ArchiveLimits", "FolderSummary", "read_image_folder", "scan_image_folder"]
 
@@ -37,9 +37,6 @@ _SPLITS = ("train", "val")
 _MODES = {"L": "L", "1": "L", "RGB": "RGB", "P": "RGB"}  # stored mode -> the mode we train on
 # What zipfile can decompress; anything else is refused before a member is opened.
 _ZIP_COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
-# What reading a damaged member can raise; NotImplementedError is zipfile's answer to a member that
-# claims to need a newer "version to extract".
-_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, NotImplementedError)
 _RATIO_FLOOR = 1 << 20  # below this many bytes a stream's compression ratio is not judged yet
 
 
@@ -119,7 +116,7 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
     """Yields (name, bytes) of a ZIP's regular files after checking each entry's name, type and sizes."""
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise InvalidDataset(f"the ZIP archive is corrupt ({exc})") from None
     with zf:
         infos = zf.infolist()
@@ -150,7 +147,7 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
             try:
                 with zf.open(info) as f:
                     yield info.filename, f.read(limits.max_member_bytes + 1)
-            except _ZIP_READ_ERRORS as exc:
+            except ZIP_READ_ERRORS as exc:
                 raise InvalidDataset(f"{info.filename} cannot be read from the ZIP ({exc})") from None
 
 

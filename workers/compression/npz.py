@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -20,6 +19,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from workers.compression.errors import InvalidDataset
+from workers.compression.zip_errors import ZIP_OPEN_ERRORS, ZIP_READ_ERRORS
 
 __all__ = [
     "DEFAULT_NPZ_LIMITS",
@@ -66,7 +66,7 @@ def scan_npz(path: Path, limits: NpzLimits = DEFAULT_NPZ_LIMITS) -> dict[str, Np
     """Checks every member of an `.npz` (names, types, headers, sizes, ratio, real bytes); returns them."""
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise InvalidDataset(f"the .npz file is not a readable zip archive ({exc})") from None
     with zf:
         infos = zf.infolist()
@@ -106,8 +106,7 @@ def _scan_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: NpzLimits) 
                 raise InvalidDataset(f"{name}: its header declares {shape} {dtype} ({data_len} bytes) but "
                                      f"the member holds {info.file_size - header_len} bytes of data")
             counted = header_len + _drain(f)
-    # NotImplementedError: zipfile's answer to a member that needs a newer "version to extract".
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+    except ZIP_READ_ERRORS as exc:
         raise InvalidDataset(f"{name} in the .npz is truncated or corrupt ({exc})") from None
     if counted != info.file_size:  # zipfile stops at the declared size; fewer bytes means a lie
         raise InvalidDataset(f"{name} decompresses to {counted} bytes, not the {info.file_size} declared")
@@ -199,5 +198,5 @@ def load_npz(path: Path, arrays: tuple[str, ...] = SPLITS,
             return members, [npz[name] for name in arrays]
     except ValueError as exc:  # unreachable after the scan, but numpy's own refusal is kept as a backstop
         raise InvalidDataset(f"the .npz holds an array numpy cannot read without pickle ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+    except ZIP_READ_ERRORS as exc:
         raise InvalidDataset(f"the .npz is truncated or corrupt ({exc})") from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from workers.compression.errors import InvalidDataset, InvalidModel, UnsupportedModelFormat
+from workers.compression.zip_errors import ZIP_OPEN_ERRORS
 
 __all__ = [
     "HEAD_BYTES",
@@ -179,7 +180,7 @@ def _central_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as zf:
             return zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):  # the last: an odd "version"
+    except ZIP_OPEN_ERRORS:
         return None
 
 
