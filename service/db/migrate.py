@@ -1,4 +1,7 @@
-"""Runs the Alembic migrations in migrations/ programmatically (`secateur migrate`, embedded startup)."""
+"""Runs the Alembic migrations in migrations/ programmatically (`secateur migrate`, embedded startup).
+
+The scripts are found through the installed `migrations` package, so a wheel works outside a checkout.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
+import migrations
+
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "upgrade_head"]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
 
 def alembic_config(url: str | None = None) -> Config:

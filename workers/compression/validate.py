@@ -10,7 +10,9 @@ and prints one JSON line per stage and a last verdict line:
     or {"ok": false, "code": "invalid_model", "message": ...}
 
 A child that dies (a limit's signal, a crashing parser) leaves its last stage line naming the culprit.
-Torch is imported only to compare safetensors weights with a zoo architecture.
+Torch is imported only to compare safetensors weights with a zoo architecture, and only where it is
+installed: the API image has numpy, onnx, safetensors and pillow but no torch, so there this child checks
+the weights' header and the worker checks their fit to the architecture when it loads them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import resource
 import sys
 from collections.abc import Callable, Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +91,7 @@ def _dataset_facts(path: Path, kind: str) -> tuple[tuple[int, ...], int]:
 
 
 def _weights_classes(model: Path, architecture: str | None, input_shape: tuple[int, ...],
-                     num_classes: int) -> int:
+                     num_classes: int) -> int | None:
     """Checks safetensors weights against the architecture: header first (no torch), then keys/shapes."""
     from workers.compression.safetensors_file import read_header
 
@@ -96,6 +99,8 @@ def _weights_classes(model: Path, architecture: str | None, input_shape: tuple[i
     if architecture is None:
         raise InvalidConfig(f"safetensors files hold weights only; set `architecture` to the network they "
                             f"belong to, one of {list(ARCHITECTURES)}")
+    if find_spec("torch") is None:  # the API image: the worker checks the fit when it loads the weights
+        return None
     from workers.compression.model_io import check_safetensors
 
     return check_safetensors(model, architecture=architecture, input_shape=input_shape,

@@ -1,0 +1,1 @@
+"""Alembic's scripts as a package, so the wheel ships them and `secateur migrate` finds them anywhere."""
