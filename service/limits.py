@@ -1,18 +1,25 @@
-"""Per-tenant abuse limits: a token bucket on `POST /jobs`, and quotas on unfinished jobs and stored bytes.
+"""Per-tenant abuse limits: a rate limit on `POST /jobs`, and quotas on unfinished jobs and stored bytes.
 
-The buckets live in this API process's memory (no extra server for the embedded default). With N API
-replicas behind a balancer a tenant gets up to N times the rate; the quotas are read from the database,
-so they hold across replicas (two submissions racing past the same check can overshoot by one job each).
+The rate limit is a moving window (at most `submit_burst` submissions in any `submit_burst /
+submit_rate_per_minute` minutes) kept by the `limits` library in the storage `rate_limit_url` names:
+Redis when the broker is Redis, so every API replica spends one budget per tenant, else this process's
+memory (the embedded default needs no server). When that storage fails the limit is skipped, logged, and
+submissions go on: an outage of the limiter must not stop the service. The quotas are read from the
+database, so they hold across replicas (two submissions racing past the same check can overshoot by one
+job each).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import Job
@@ -24,63 +31,45 @@ from service.settings import Settings
 
 __all__ = [
     "RateLimiter",
-    "TokenBucket",
     "check_storage",
     "check_submit_quotas",
     "poll_headers",
     "rate_limited",
 ]
 
-_MAX_BUCKETS = 10_000  # tenants remembered before full (idle) buckets are forgotten
+log = logging.getLogger(__name__)
 _ACTIVE_RETRY_S = 30  # Retry-After when a tenant has too many unfinished jobs: about a short job's length
 
 
-@dataclass
-class TokenBucket:
-    """`capacity` tokens, refilled at `rate_per_s`; each submission takes one."""
-
-    capacity: float
-    rate_per_s: float
-    tokens: float
-    updated: float
-
-    def take(self, now: float) -> float:
-        """Takes a token and returns 0, or returns the seconds until one will be there (taking none)."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate_per_s)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate_per_s
-
-
-@dataclass
+@dataclass(frozen=True)
 class RateLimiter:
-    """One token bucket per tenant, shared by this process's threads."""
+    """Submissions per tenant in a moving window, counted in memory or in Redis (shared by replicas)."""
 
-    per_minute: float
-    burst: int
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    item: RateLimitItem
+    strategy: MovingWindowRateLimiter
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        """Builds the limiter `submit_burst` / `submit_rate_per_minute` describe, over `rate_limit_url`."""
+        window_s = max(1, round(settings.submit_burst * 60.0 / settings.submit_rate_per_minute))
+        item = RateLimitItemPerSecond(settings.submit_burst, window_s, namespace="secateur-submit")
+        options: dict[str, float] = {}
+        if settings.rate_limit_url.startswith(("redis://", "rediss://")):
+            timeout = settings.broker_timeout_s  # a dead Redis costs a submission this much, no more
+            options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        storage = storage_from_string(settings.rate_limit_url, wrap_exceptions=True, **options)
+        return cls(item=item, strategy=MovingWindowRateLimiter(storage))
 
     def take(self, tenant: str) -> float:
-        """Spends one of the tenant's tokens; returns 0, or the seconds to wait before the next try."""
-        now = self.clock()
-        with self._lock:
-            bucket = self._buckets.get(tenant)
-            if bucket is None:
-                if len(self._buckets) >= _MAX_BUCKETS:
-                    self._forget_idle(now)
-                bucket = TokenBucket(self.burst, self.per_minute / 60.0, float(self.burst), now)
-                self._buckets[tenant] = bucket
-            return bucket.take(now)
-
-    def _forget_idle(self, now: float) -> None:
-        """Drops buckets that have refilled completely: forgetting them changes nobody's allowance."""
-        for tenant, bucket in list(self._buckets.items()):
-            if bucket.tokens + (now - bucket.updated) * bucket.rate_per_s >= bucket.capacity:
-                del self._buckets[tenant]
+        """Counts one submission of the tenant; returns 0, or the seconds until the window has room."""
+        try:
+            if self.strategy.hit(self.item, tenant):
+                return 0.0
+            reset_at = self.strategy.get_window_stats(self.item, tenant).reset_time
+        except StorageError as exc:
+            log.warning("rate limit skipped: its storage failed: %s", exc)
+            return 0.0
+        return max(reset_at - time.time(), 0.0)
 
 
 def check_storage(settings: Settings, used: int, incoming: int) -> None:

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     sandbox_concurrency: int = Field(default=2, ge=1)  # children at once per API process; more wait
 
     # Per-tenant abuse limits (service/limits.py).
+    rate_limit_url: str = ""  # default: a redis:// broker (one budget for all replicas), else memory://
     submit_rate_per_minute: float = Field(default=30.0, gt=0)  # token bucket refill on POST /jobs
     submit_burst: int = Field(default=10, ge=1)  # bucket size
     max_active_jobs_per_tenant: int = Field(default=4, ge=1)  # queued + running + cancelling
@@ -82,13 +83,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
-        """Fills empty URLs with the embedded default (SQLite, SQLite broker, local objects)."""
+        """Fills empty URLs with embedded defaults: SQLite, SQLite broker, local objects, limits in memory."""
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'secateur.db'}"
         if not self.broker_url:
             self.broker_url = f"{EMBEDDED_BROKER_SCHEME}:///{(self.data_dir / 'broker.sqlite').absolute()}"
         if not self.storage_url:
             self.storage_url = f"file://{(self.data_dir / 'objects').absolute()}"
+        if not self.rate_limit_url:
+            shared = self.broker_url.startswith(("redis://", "rediss://"))
+            self.rate_limit_url = self.broker_url if shared else "memory://"
         return self
 
     @property

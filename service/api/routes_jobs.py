@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobsDep, TenantDep
-from service.api.submit_guard import admit_submission
+from service.api.submit_guard import Admission, admit_submission
 from service.api.uploads import receive_job_upload
 from service.db.models import new_job_id, utcnow
 from service.jobs.schemas import ErrorBody, JobOut, JobPage, job_out
@@ -19,7 +19,6 @@ __all__ = ["router"]
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 ArtifactName = Annotated[str, Path(description="model.onnx or model.onnx.zst", examples=["model.onnx"])]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -61,21 +60,28 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=202, response_model=JobOut, openapi_extra=_UPLOAD_OPENAPI,
-             dependencies=[Depends(admit_submission)],  # rate limit and quotas, before the body is read
              responses=_errors(400, 401, 403, 409, 413, 415, 422, 429, 503))
 async def create_job(
     request: Request,
     response: Response,
     jobs: JobsDep,
     tenant: TenantDep,
-    idempotency_key: IdempotencyKey = None,
+    admission: Annotated[Admission, Depends(admit_submission)],  # replay, rate, quotas: before the body
 ) -> JobOut:
-    """Submits a job: streams the model and dataset to storage, checks them and the config, queues it."""
-    job_id = new_job_id()
-    upload = await receive_job_upload(request, jobs=jobs, tenant=tenant, job_id=job_id)
-    job, created = await run_in_threadpool(
-        lambda: jobs.submit(tenant=tenant, job_id=job_id, config_text=upload.config_text, model=upload.model,
-                            dataset=upload.dataset, idempotency_key=idempotency_key))
+    """Submits a job: streams the model and dataset to storage, checks them and the config, queues it.
+
+    A retry with a used `Idempotency-Key` gets the first request's job at once (`Idempotent-Replayed:
+    true`); its body is not read, so its quota, rate and upload are not spent again.
+    """
+    if admission.earlier is not None:
+        job, created = admission.earlier, False
+    else:
+        job_id = new_job_id()
+        upload = await receive_job_upload(request, jobs=jobs, tenant=tenant, job_id=job_id)
+        job, created = await run_in_threadpool(
+            lambda: jobs.submit(tenant=tenant, job_id=job_id, config_text=upload.config_text,
+                                model=upload.model, dataset=upload.dataset,
+                                idempotency_key=admission.idempotency_key))
     response.headers["Location"] = f"/jobs/{job.id}"
     response.headers.update(poll_headers(job, jobs.settings))
     if not created:

@@ -95,6 +95,11 @@ class JobService:
         except Exception:  # best effort: the caller is already failing or has already answered
             log.exception("job %s: could not delete its objects", job_id)
 
+    def replay(self, *, tenant: str, idempotency_key: str) -> Job | None:
+        """Returns the tenant's job this Idempotency-Key already created (a retry), or None for a new key."""
+        with session_scope(self.sessions) as session:
+            return repository.get_job_by_idempotency_key(session, tenant=tenant, key=idempotency_key)
+
     def submit(self, *, tenant: str, job_id: str, config_text: str, model: StoredInput, dataset: StoredInput,
                idempotency_key: str | None) -> tuple[Job, bool]:
         """Checks and records a job whose inputs are stored, then wakes a worker; returns (job, created).
@@ -129,6 +134,8 @@ class JobService:
         try:
             with session_scope(self.sessions) as session:
                 if idempotency_key is not None:
+                    # Replays are answered before their body is read (api/submit_guard.py); this catches
+                    # only a twin that raced ours through that check and was recorded while we uploaded.
                     key = idempotency_key
                     earlier = repository.get_job_by_idempotency_key(session, tenant=tenant, key=key)
                     if earlier is not None:

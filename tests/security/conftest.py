@@ -21,6 +21,7 @@ from service.api.deps import AppContext
 from service.auth.service import KeyService
 from service.db.migrate import upgrade_head
 from service.settings import Settings
+from tests.integration.conftest import redis_url  # noqa: F401  (the real-Redis fixture, for the rate limit)
 from tests.security.uploads import CONFIG, linear_onnx, npz_dataset
 
 # Figures measured by the tests, printed at the end of the run (docs/security.md quotes them).
@@ -61,12 +62,13 @@ class SecureApi:
 
     async def submit(self, model: bytes | None = None, dataset: bytes | None = None, *,
                      principal: str = "owner", config: dict[str, Any] | None = None,
-                     names: tuple[str, str] = ("model.onnx", "data.npz")) -> httpx.Response:
+                     names: tuple[str, str] = ("model.onnx", "data.npz"),
+                     headers: dict[str, str] | None = None) -> httpx.Response:
         """POSTs a job; missing files get valid defaults (a linear ONNX model and a flat .npz)."""
         files = {"model": (names[0], model if model is not None else linear_onnx().SerializeToString()),
                  "dataset": (names[1], dataset if dataset is not None else npz_dataset())}
         return await self.client.post("/jobs", files=files, data={"config": json.dumps(config or CONFIG)},
-                                      headers=self.auth(principal))
+                                      headers={**self.auth(principal), **(headers or {})})
 
     def objects(self) -> list[Path]:
         """Every file under the object store's root."""
