@@ -10,12 +10,10 @@ stamp=".venv/.secateur-installed-$(cat pyproject.toml scripts/install.sh | sha25
 
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
-# torch first, pinned: on these machines 2.13.0 resolves to the local CPU wheel. Anything that depends on
-# torch installed before it would pull the registry's newest CUDA build (several GB).
-pip install torch==2.13.0
-# onnx2torch declares torchvision, which has no CPU build matching this torch and is never needed:
-# the engine stubs it (workers/compression/onnx_import.py), so install onnx2torch without its dependencies.
-pip install --no-deps onnx2torch==1.5.15
-pip install -e '.[dev]'
+# torch and torchvision first, pinned together: on these machines both lie on disk (a CUDA build that trains
+# on the CPU at the CPU build's speed). Anything that depends on torch installed before them would pull the
+# registry's newest torch (several GB), and the registry's torchvision cannot import beside another torch.
+pip install torch==2.14.1 torchvision==0.29.1
+pip install -e '.[engine,service,client,dev]'
 rm -f .venv/.secateur-installed-*
 touch "$stamp"
