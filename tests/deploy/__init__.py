@@ -1,0 +1,1 @@
+"""Packaging and deployment tests: the wheel outside the checkout, the images' requirement sets."""
