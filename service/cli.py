@@ -9,9 +9,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import NamedTuple
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["CLIENT_COMMANDS", "CLIENT_HELP", "COMMANDS", "main", "version"]
 
 
 class Command(NamedTuple):
@@ -22,23 +23,54 @@ class Command(NamedTuple):
     keep_name: bool = False  # pass the command word on too (for modules that parse subcommands)
 
 
+# The HTTP client's commands (service/client_cli.py), listed here so `secateur --help` needs no httpx.
+CLIENT_COMMANDS: dict[str, str] = {
+    "submit": "upload a model and dataset as a new job",
+    "status": "show one job",
+    "jobs": "list your jobs, newest first",
+    "download": "download a finished job's model or report",
+    "cancel": "cancel a queued or running job",
+    "delete": "delete a finished job and its files",
+    "report": "show a succeeded job's report as a before/after table",
+    "events": "follow a job's progress events until it ends",
+}
+
 COMMANDS: dict[str, Command] = {
     "compress": Command("workers.compression.cli:main", "compress a model locally (the engine alone)"),
     "serve": Command("service.serve:main", "run the API (and, by default, an embedded worker)"),
     "worker": Command("workers.worker_cli:main", "run a worker for the configured database/broker/storage"),
     "migrate": Command("service.cli:migrate", "bring the database schema up to date (alembic upgrade head)"),
     "keys": Command("service.auth.cli:main", "create, list or revoke API keys (keys create --tenant T)"),
-    **{
-        name: Command("service.client_cli:main", help, keep_name=True)
-        for name, help in (
-            ("submit", "upload a model and dataset as a new job (HTTP client)"),
-            ("status", "show a job (HTTP client)"),
-            ("jobs", "list your jobs (HTTP client)"),
-            ("download", "download a finished job's model and report (HTTP client)"),
-            ("cancel", "cancel a job (HTTP client)"),
-        )
-    },
+    **{name: Command("service.client_cli:main", f"{help} (HTTP client)", keep_name=True)
+       for name, help in CLIENT_COMMANDS.items()},
 }
+
+CLIENT_HELP = """environment (the flags win):
+  SECATEUR_URL      the API's base URL (--url; default http://127.0.0.1:8000)
+  SECATEUR_API_KEY  the API key, sent as `Authorization: Bearer` (--api-key)
+
+exit codes:
+  0  done (with --wait: the job succeeded)
+  1  failed: refused by the server (the message says why), unreachable, a bad input file, or the job failed
+  2  bad usage (unknown option, missing argument)
+  3  the job was cancelled (--wait)
+"""
+
+SERVER_HELP = """server environment (each setting is SECATEUR_<NAME>; none set = embedded, in ./.secateur):
+  SECATEUR_DATABASE_URL  postgresql+psycopg://... (default: SQLite in the data dir)
+  SECATEUR_BROKER_URL    redis://host:6379/0 (default: a SQLite broker in the data dir)
+  SECATEUR_STORAGE_URL   s3://bucket/prefix (default: files in the data dir)
+  SECATEUR_DATA_DIR      where the embedded defaults live (default .secateur)
+  SECATEUR_AUTH          open (loopback only) or keys
+"""
+
+
+def version() -> str:
+    """Returns the installed package's version ("unknown" when run from a checkout not pip-installed)."""
+    try:
+        return metadata.version("secateur")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def migrate(argv: Sequence[str]) -> int:
@@ -65,9 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="secateur",
         description="Secateur: prune, finetune and verify models, as a service or locally.",
-        epilog=f"commands:\n{listing}\n\n`secateur COMMAND --help` shows a command's options.",
+        epilog=f"commands:\n{listing}\n\n`secateur COMMAND --help` shows a command's options.\n\n"
+               f"{CLIENT_HELP}\n{SERVER_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"secateur {version()}")
     parser.add_argument("command", choices=COMMANDS, metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     opts = parser.parse_args(sys.argv[1:] if argv is None else list(argv))

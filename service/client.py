@@ -1,4 +1,4 @@
-"""A small typed client for Secateur's HTTP API: submit, watch, list, download and cancel jobs.
+"""A small typed client for Secateur's HTTP API: submit, watch, list, download, cancel and delete jobs.
 
 It imports no server code (only httpx), so a user can copy it next to a notebook. Uploads and downloads
 are streamed: a multi-GB dataset is never held in memory.
@@ -253,6 +253,10 @@ class SecateurClient:
         """Asks the server to cancel a job; returns it (usually `cancelling`, or already terminal)."""
         return Job.from_json(self._request("POST", f"/jobs/{job_id}/cancel").json())
 
+    def delete(self, job_id: str) -> None:
+        """Deletes a finished job and all its files (409 `not_finished` while it runs)."""
+        self._request("DELETE", f"/jobs/{job_id}")
+
     def report(self, job_id: str) -> dict[str, Any]:
         """Fetches the finished job's report (see DESIGN.md's report.json)."""
         body: dict[str, Any] = self._request("GET", f"/jobs/{job_id}/report").json()
@@ -320,10 +324,8 @@ class SecateurClient:
                     raise
         return self._wait_polling(job_id, on_update, deadline)
 
-    def _wait_events(
-        self, job_id: str, on_update: Callable[[Job], None] | None, deadline: float | None,
-    ) -> Job:
-        """Waits by following server-sent events, resuming after a dropped connection."""
+    def follow(self, job_id: str, deadline: float | None = None) -> Iterator[SseEvent]:
+        """Yields the job's events up to its terminal one, reconnecting with Last-Event-ID when it drops."""
         last_id: str | None = None
         retry_s = self.poll_interval_s
         while True:
@@ -332,16 +334,26 @@ class SecateurClient:
                     for event in stream:
                         last_id = event.id or last_id
                         retry_s = event.retry_ms / 1000 if event.retry_ms is not None else retry_s
-                        job = Job.from_json(event.json())
-                        if on_update is not None:
-                            on_update(job)
-                        if job.terminal:
-                            return job
+                        yield event
+                        if Job.from_json(event.json()).terminal:
+                            return
                         _check_deadline(job_id, deadline)
             except httpx.TransportError:
                 pass  # the connection dropped: reconnect below, resuming after `last_id`
             _check_deadline(job_id, deadline)
             time.sleep(min(max(retry_s, _MIN_POLL_S), _MAX_POLL_S))
+
+    def _wait_events(
+        self, job_id: str, on_update: Callable[[Job], None] | None, deadline: float | None,
+    ) -> Job:
+        """Waits by following server-sent events to the job's terminal state."""
+        job: Job | None = None
+        for event in self.follow(job_id, deadline):
+            job = Job.from_json(event.json())
+            if on_update is not None:
+                on_update(job)
+        assert job is not None  # `follow` returns only after a terminal event
+        return job
 
     def _wait_polling(
         self, job_id: str, on_update: Callable[[Job], None] | None, deadline: float | None,

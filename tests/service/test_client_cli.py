@@ -1,4 +1,4 @@
-"""The Python client and the `secateur submit|status|jobs|download|cancel` commands against a real server.
+"""The Python client and the `secateur` client commands (submit, status, jobs, ...) against a real server.
 
 A fake worker moves the job rows through the repository the way a real worker does, so no engine runs.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +18,10 @@ import pytest
 
 from service.api import routes_events
 from service.auth.service import KeyService
+from service.cli import main as secateur
 from service.client import ApiError, Job, SecateurClient, iter_sse
-from service.client_cli import ProgressView, describe, main
+from service.client_cli import main
+from service.client_render import ProgressView, describe
 from service.db.session import session_scope
 from service.jobs import repository
 from tests.service.conftest import npz_dataset, safetensors_model
@@ -286,3 +289,83 @@ def test_api_key_is_sent_and_scopes_what_the_cli_sees(
         in_background(run_job(live, "failed", job_id))
         assert main(["status", job_id, "--wait"]) == 1  # followed over the authenticated event stream
         assert "error: export_mismatch: " in capsys.readouterr().err
+        # --url and --api-key win over the environment (here pointing at nothing, with another key).
+        monkeypatch.setenv("SECATEUR_URL", "http://127.0.0.1:9")
+        monkeypatch.setenv("SECATEUR_API_KEY", other)
+        assert main(["status", job_id, "--url", live.url, "--api-key", token, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == "failed"
+
+
+def test_version_and_help_name_the_environment_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        secateur(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("secateur ")
+    for argv in (["--help"], ["jobs", "--help"], ["events", "--help"]):
+        with pytest.raises(SystemExit):
+            secateur(argv)
+        text = capsys.readouterr().out
+        assert "SECATEUR_URL" in text
+        assert "SECATEUR_API_KEY" in text
+        assert "exit codes:" in text
+        assert "3  the job was cancelled" in text
+
+
+def test_every_command_speaks_json(env: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    done = env.worker.insert()
+    run_job(env, "succeeded", done)()
+    queued = env.worker.insert()
+
+    def json_of(*argv: str) -> Any:
+        """Runs a command with --json; returns its stdout parsed (it must be one JSON document)."""
+        assert main([*argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert json_of("status", done)["status"] == "succeeded"
+    listed = json_of("jobs", "--status", "queued")
+    assert queued in [job["id"] for job in listed["jobs"]]
+    assert "next_cursor" in listed
+    written = json_of("download", done, "-o", str(tmp_path))
+    assert (written["path"], written["bytes"]) == (str(tmp_path / "model.onnx"), len(b"onnx-bytes"))
+    assert json_of("report", done)["pruned"]["accuracy"] == 0.89
+    assert main(["events", done, "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["event"], e["job"]["status"]) for e in events] == [("end", "succeeded")]
+    assert json_of("cancel", queued)["status"] == "cancelled"
+    assert json_of("delete", done) == {"id": done, "deleted": True}
+    assert main(["status", done]) == 1
+    assert "error: not_found: " in capsys.readouterr().err
+
+
+def test_jobs_takes_back_the_cursor_it_prints(env: Live, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = {env.worker.insert() for _ in range(3)}
+    assert main(["jobs", "--status", "queued", "--limit", "2"]) == 0
+    out, err = capsys.readouterr()
+    hint = err.strip()
+    assert hint.startswith("(more: secateur jobs --cursor ")
+    cursor = hint.removeprefix("(more: secateur jobs --cursor ").rstrip(")")
+    assert main(["jobs", "--status", "queued", "--limit", "2", "--cursor", cursor]) == 0
+    rest, end = capsys.readouterr()
+    assert {line.split()[0] for line in (out + rest).splitlines()} == ids
+    assert end == ""  # the last page names no further cursor
+
+
+def test_report_events_and_delete_for_people(env: Live, capsys: pytest.CaptureFixture[str]) -> None:
+    job_id = env.worker.insert()
+    in_background(run_job(env, "succeeded", job_id))
+    assert main(["events", job_id]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("status")
+    assert any(line.startswith("stage") and "finetuning" in line for line in lines)
+    assert lines[-1].split()[:2] == ["end", "succeeded"]
+    assert main(["report", job_id]) == 0
+    table = capsys.readouterr().out
+    assert "accuracy                  91.00%        89.00%" in table
+    assert "latency b1 (ms)" in table
+    assert "ONNX check: passed" in table
+    running = env.worker.insert()
+    env.worker.claim(running)
+    assert main(["delete", running]) == 1
+    assert "error: not_finished: " in capsys.readouterr().err
+    assert main(["delete", job_id]) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}  deleted"
