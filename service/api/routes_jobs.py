@@ -9,10 +9,12 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobsDep, TenantDep
+from service.api.download_links import DownloadLink, LinkTokenDep, create_link, open_link
 from service.api.submit_guard import Admission, admit_submission
 from service.api.uploads import receive_job_upload
 from service.db.models import new_job_id, utcnow
 from service.jobs.schemas import ErrorBody, JobOut, JobPage, job_out
+from service.jobs.service import Download
 from service.limits import poll_headers
 
 __all__ = ["router"]
@@ -130,6 +132,25 @@ def get_artifact(job_id: str, name: ArtifactName, jobs: JobsDep, tenant: TenantD
     download = jobs.artifact(tenant=tenant, job_id=job_id, name=name)
     if download.url is not None:
         return RedirectResponse(download.url, status_code=307)
+    return _attachment(download)
+
+
+@router.post("/{job_id}/artifacts/{name}/link", status_code=201, response_model=DownloadLink,
+             responses=_errors(401, 404, 409, 503))
+def create_download_link(job_id: str, name: ArtifactName, jobs: JobsDep, tenant: TenantDep) -> DownloadLink:
+    """Returns a short-lived URL that downloads the artifact through the API with no header (for browsers)."""
+    return create_link(jobs, tenant=tenant, job_id=job_id, name=name)
+
+
+@router.get("/{job_id}/artifacts/{name}/download", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}, **_errors(401, 404, 409, 503)})
+def download_by_link(job_id: str, name: ArtifactName, jobs: JobsDep, token: LinkTokenDep) -> Response:
+    """Streams the artifact to whoever holds a live link from POST .../link; the token is the credential."""
+    return _attachment(open_link(jobs, token, job_id=job_id, name=name))
+
+
+def _attachment(download: Download) -> StreamingResponse:
+    """Streams a download as a file the browser saves under its name."""
     assert download.chunks is not None
     headers = {"Content-Length": str(download.size),
                "Content-Disposition": f'attachment; filename="{download.name}"'}

@@ -372,19 +372,23 @@ function methodCard(report) {
   return h("section", { class: "card" }, h("h2", {}, "Method and verification"), h("dl", { class: "kv" }, items));
 }
 
-// Downloads with the API key (a plain link cannot send it); without a key the browser follows the link
-// itself, which also handles a presigned redirect to S3.
+// Model files: the page asks the API for a short-lived link with its key, then navigates to it, so the
+// browser streams the file straight to disk through the API (never whole in memory, never to another
+// origin: the object store need not be reachable from here). report.json is small: fetched with the key.
 function downloadButton(id, name) {
   const base = `/jobs/${encodeURIComponent(id)}`;
   const href = name === "report.json" ? `${base}/report` : `${base}/artifacts/${name}`;
   return h("a", { class: "button secondary", href, download: name, onclick: async (ev) => {
-    if (!localStorage.getItem(KEY_STORAGE)) return;
     ev.preventDefault();
     try {
-      const blob = await (await api(href)).blob();
-      const url = URL.createObjectURL(blob);
-      h("a", { href: url, download: name }).click();
-      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      if (name === "report.json") {
+        const url = URL.createObjectURL(await (await api(href)).blob());
+        h("a", { href: url, download: name }).click();
+        setTimeout(() => URL.revokeObjectURL(url), 10000);
+      } else {
+        const link = await apiJson(`${href}/link`, { method: "POST" });
+        h("a", { href: link.url, download: name }).click();
+      }
     } catch (err) { alert(err.message); }
   } }, "⬇ " + name);
 }
