@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from service.storage.base import ObjectStore
 from workers.compression.config import JobConfig
 from workers.compression.errors import InvalidConfig, InvalidDataset
+from workers.compression.architectures import check_model_format
 from workers.compression.sniff import HEAD_BYTES, sniff_dataset, sniff_dataset_file, sniff_model
 
 __all__ = ["HEAD_BYTES", "ZIP_FORMATS", "check_model_fits", "parse_config", "sniff_head", "sniff_zip_dataset"]
@@ -47,10 +48,8 @@ def sniff_head(kind: str, head: bytes) -> str:
 
 
 def check_model_fits(config: JobConfig, model_format: str) -> None:
-    """Refuses safetensors weights without an architecture: weights alone do not say which network."""
-    if model_format == "safetensors" and config.architecture is None:
-        raise InvalidConfig("safetensors weights need `architecture` in the config (e.g. \"resnet20\"); "
-                            "or upload the model as ONNX")
+    """Refuses a model file that does not suit the config (weights without an architecture, say)."""
+    check_model_format(model_format, config.architecture)
 
 
 def sniff_zip_dataset(store: ObjectStore, key: str, size: int, head: bytes, *, max_directory: int) -> str:

@@ -24,10 +24,14 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from workers.compression.errors import InvalidDataset
+from workers.compression.errors import InvalidDataset, UserError
 from workers.compression.zip_errors import ZIP_OPEN_ERRORS, ZIP_READ_ERRORS
 
-__all__ = ["DEFAULT_LIMITS", "ArchiveLimits", "FolderSummary", "read_image_folder", "scan_image_folder"]
+__all__ = [
+    "DEFAULT_LIMITS", "ArchiveLimits", "FolderSummary", "check_member_name", "read_image_folder",
+    "read_labelled_folder",
+    "scan_image_folder",
+]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -73,7 +77,15 @@ def read_image_folder(
     path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimits = DEFAULT_LIMITS,
 ) -> Arrays:
     """Returns (x_train, y_train, x_val, y_val): uint8 (N, C, H, W) images and int64 labels by class name."""
-    return _arrays(_walk(path, kind, limits, decode=True)[0])
+    return read_labelled_folder(path, kind, limits)[0]
+
+
+def read_labelled_folder(
+    path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimits = DEFAULT_LIMITS,
+) -> tuple[Arrays, list[str]]:
+    """Like `read_image_folder`, also returning the class names (label i is the i-th name)."""
+    found = _walk(path, kind, limits, decode=True)[0]
+    return _arrays(found), _classes(found)
 
 
 def scan_image_folder(
@@ -126,7 +138,7 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
             raise InvalidDataset("the archive lists the same member name twice")
         total = 0
         for info in infos:
-            _check_name(info.filename)
+            check_member_name(info.filename)
             kind = stat.S_IFMT(info.external_attr >> 16)  # Unix file type; 0 when written without one
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise InvalidDataset(f"{info.filename} is a link or special file; only plain files are "
@@ -164,7 +176,7 @@ def _tar_members(path: Path, gz: bool, limits: ArchiveLimits) -> Iterator[tuple[
                     count += 1
                     if count > limits.max_members:
                         raise InvalidDataset(f"the archive has more than {limits.max_members} members")
-                    _check_name(member.name)
+                    check_member_name(member.name)
                     if member.isdir():
                         continue
                     if not member.isreg() or member.issparse():
@@ -199,15 +211,15 @@ class _BoundedReader:
         return data
 
 
-def _check_name(name: str) -> None:
-    """Refuses absolute paths, `..`, backslashes and nested archives."""
+def check_member_name(name: str, error: type[UserError] = InvalidDataset) -> None:
+    """Refuses absolute paths, `..`, backslashes and nested archives (as `error`: the input's own type)."""
     parts = PurePosixPath(name).parts
     if name.startswith("/") or "\\" in name or (parts and parts[0].endswith(":")):
-        raise InvalidDataset(f"member {name!r} has an absolute or non-POSIX path")
+        raise error(f"member {name!r} has an absolute or non-POSIX path")
     if ".." in parts:
-        raise InvalidDataset(f"member {name!r} points outside the archive (..)")
+        raise error(f"member {name!r} points outside the archive (..)")
     if PurePosixPath(name).suffix.lower() in _ARCHIVE_SUFFIXES:
-        raise InvalidDataset(f"member {name!r} is a nested archive; put the images in the archive directly")
+        raise error(f"member {name!r} is a nested archive; put the files in the archive directly")
 
 
 def _check_size(name: str, size: int, total: int, limits: ArchiveLimits) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from workers.compression.architectures import ZOO, parse_architecture
 
 __all__ = [
     "ARCHITECTURES",
@@ -23,11 +25,7 @@ __all__ = [
 
 Method = Literal["weightmom", "tpp", "magnitude", "l1"]
 
-ARCHITECTURES: tuple[str, ...] = (
-    "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-    "vgg11", "vgg13", "vgg16", "vgg19",
-    "lenet5", "mlp",
-)
+ARCHITECTURES: tuple[str, ...] = ZOO  # the built-in networks; libraries add `torchvision/…`, `timm/…`, `hf`
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -74,9 +72,27 @@ class FinetuneConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 5e-4
 
 
-class DataOptions(_Strict):
-    """How the dataset is read: normalization (computed on the train split when absent) and augmentation."""
+def _architecture(text: str) -> str:
+    """Accepts the architecture forms of `parse_architecture` (raises its ValueError otherwise)."""
+    parse_architecture(text)
+    return text
 
+
+Architecture = Annotated[str, Field(max_length=110), AfterValidator(_architecture)]
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+
+
+class DataOptions(_Strict):
+    """How the dataset is read and fed: image size, resize/crop, normalization and augmentation.
+
+    Unset fields come from the architecture's own preprocessing (timm's pretrained config, a Hugging Face
+    `preprocessor_config.json`, torchvision's weight transforms, the zoo's CIFAR convention), else from the
+    data (its own image size; mean/std computed on the train split).
+    """
+
+    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # the square side the model is fed
+    crop_pct: Annotated[float, Field(gt=0.0, le=1.0)] | None = None  # resize to image_size/crop_pct, crop
+    interpolation: Interpolation | None = None
     mean: list[float] | None = None
     std: list[Annotated[float, Field(gt=0.0)]] | None = None
     scale: Annotated[float, Field(gt=0.0)] | None = None
@@ -155,7 +171,7 @@ class JobConfig(_Strict):
     """One compression job: the method, its target and options, finetuning, data handling and seed."""
 
     method: Method
-    architecture: Literal[ARCHITECTURES] | None = None  # type: ignore[valid-type]
+    architecture: Architecture | None = None
     target: Target
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     data: DataOptions = Field(default_factory=DataOptions)

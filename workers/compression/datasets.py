@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from workers.compression import npz
 from workers.compression.config import DataOptions
 from workers.compression.errors import InvalidDataset
+from workers.compression.preprocessing import Preprocessing, resize_center_crop
 
 __all__ = ["MAX_NPZ_BYTES", "PAD", "DatasetBundle", "from_arrays", "load_dataset"]
 
@@ -40,6 +41,7 @@ class DatasetBundle:
     std: tuple[float, ...]
     scale: float  # 1/255 for uint8 images, 1.0 for float data
     augment: bool  # random crop (pad 4) + horizontal flip on image training batches
+    class_names: list[str] | None = None  # label i's name, where the dataset names its classes
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -96,14 +98,18 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torc
 
 def from_arrays(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-    options: DataOptions, *, default_norm: Norm | None = None,
+    options: DataOptions, *, default_norm: Norm | None = None, preprocessing: Preprocessing | None = None,
 ) -> DatasetBundle:
-    """Validates arrays (NCHW or NHWC, uint8 or float) and builds a bundle; mean/std from options,
-    else `default_norm` (an architecture's training convention), else computed on the train split."""
+    """Validates arrays (NCHW or NHWC, uint8 or float) and builds a bundle; mean/std from options, else the
+    model's `preprocessing`, else `default_norm` (an architecture's training convention), else computed on
+    the train split. Images are fitted to the model's channels and image size (resize + center crop)."""
     xt, xv = _samples(x_train, "x_train"), _samples(x_val, "x_val")
     if xt.shape[1:] != xv.shape[1:]:
         raise InvalidDataset(f"x_train samples have shape {tuple(xt.shape[1:])} but x_val samples "
                              f"{tuple(xv.shape[1:])}; both splits must share one sample shape")
+    if preprocessing is not None:
+        xt, xv = _fit_images(xt, preprocessing), _fit_images(xv, preprocessing)
+        default_norm = preprocessing.norm or default_norm
     yt, yv = _labels(y_train, "y_train", len(xt)), _labels(y_val, "y_val", len(xv))
     num_classes = npz.num_classes(yt.numpy(), yv.numpy())
     default_scale = 1.0 / 255.0 if xt.dtype == torch.uint8 else 1.0
@@ -135,6 +141,22 @@ def _samples(x: np.ndarray, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+def _fit_images(x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """Repeats grayscale to the model's channels and resizes + center-crops to its image size (once, at load:
+    the samples stay in memory at the size the model is fed)."""
+    if x.dim() != 4:
+        return x
+    channels = preprocessing.channels
+    if channels is not None and x.shape[1] != channels:
+        if x.shape[1] != 1:
+            raise InvalidDataset(f"the images have {x.shape[1]} channels but the model takes {channels}")
+        x = x.expand(-1, channels, -1, -1)  # grayscale shown to an RGB model as three equal channels
+    size = preprocessing.image_size
+    if size is not None and tuple(x.shape[2:]) != (size, size):
+        x = resize_center_crop(x, size, preprocessing.crop_pct, preprocessing.interpolation)
+    return x.contiguous()
+
+
 def _labels(y: np.ndarray, name: str, n: int) -> torch.Tensor:
     """Checks one split's labels (integers in [0, classes), one per sample) and returns them as int64."""
     return torch.from_numpy(npz.check_labels(y, name, n))
@@ -156,18 +178,20 @@ def _train_stats(x: torch.Tensor, scale: float) -> Norm:
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def load_dataset(path: Path, options: DataOptions, *, default_norm: Norm | None = None) -> DatasetBundle:
+def load_dataset(path: Path, options: DataOptions, *, default_norm: Norm | None = None,
+                 preprocessing: Preprocessing | None = None) -> DatasetBundle:
     """Loads `.npz` or an image-folder archive (`.zip`, `.tar`, `.tar.gz`) safely; raises InvalidDataset."""
     from workers.compression.sniff import sniff_dataset_file
 
     kind = sniff_dataset_file(path)
     if kind == "npz":
-        arrays = _read_npz(path)
-    else:
-        from workers.compression.archives import read_image_folder
+        return from_arrays(*_read_npz(path), options, default_norm=default_norm, preprocessing=preprocessing)
+    from workers.compression.archives import read_labelled_folder
 
-        arrays = read_image_folder(path, kind)
-    return from_arrays(*arrays, options, default_norm=default_norm)
+    arrays, classes = read_labelled_folder(path, kind)
+    bundle = from_arrays(*arrays, options, default_norm=default_norm, preprocessing=preprocessing)
+    bundle.class_names = classes
+    return bundle
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

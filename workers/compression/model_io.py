@@ -1,25 +1,30 @@
-"""Model loading: ONNX (converted for training) or safetensors weights for a zoo architecture, nothing else.
+"""Model loading: ONNX (converted for training), or safetensors weights for a zoo or library architecture
+(torchvision, timm, a Hugging Face checkpoint archive), nothing else.
 
 The format is decided by content (`sniff`); every format that can run code when loaded is refused.
+Weights are checked against the architecture's keys and shapes on the meta device before any memory is
+spent on them, then loaded strictly.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from workers.compression import onnx_import, safetensors_file, zoo
-from workers.compression.config import ARCHITECTURES
-from workers.compression.errors import InvalidConfig, InvalidModel
+from workers.compression import hf_archive, library_models, onnx_import, safetensors_file, zoo
+from workers.compression.architectures import ArchitectureRef, check_model_format, parse_architecture
+from workers.compression.errors import InvalidModel
+from workers.compression.preprocessing import Preprocessing, for_architecture, for_onnx
 from workers.compression.safetensors_file import ALLOWED_DTYPES, TensorTable, listing
 from workers.compression.sniff import sniff_model_file
 
-__all__ = ["ALLOWED_DTYPES", "LoadedModel", "check_safetensors", "load_model"]
+__all__ = ["ALLOWED_DTYPES", "LoadedModel", "check_safetensors", "load_model", "model_preprocessing"]
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -30,7 +35,7 @@ class LoadedModel:
     """A model ready to evaluate and train: eval mode, float32, CPU."""
 
     module: nn.Module
-    format: Literal["onnx", "safetensors"]
+    format: Literal["onnx", "safetensors", "hf"]
     default_norm: Norm | None  # the zoo architecture's training normalization; None for ONNX
     input_shape: tuple[int, ...]  # one sample, e.g. (3, 32, 32)
     num_classes: int  # outputs of the classifier; at least the dataset's class count
@@ -41,12 +46,57 @@ def load_model(
 ) -> LoadedModel:
     """Loads an uploaded model for samples of `input_shape` and labels below `num_classes`."""
     kind = sniff_model_file(path)
+    check_model_format(kind, architecture)
     if kind == "onnx":
         return _load_onnx(path, input_shape, num_classes)
-    if architecture is None:
-        raise InvalidConfig(f"safetensors files hold weights only; set `architecture` to the network they "
-                            f"belong to, one of {list(ARCHITECTURES)}")
-    return _load_safetensors(path, architecture, input_shape, num_classes)
+    assert architecture is not None  # check_model_format refused weights without one
+    ref = parse_architecture(architecture)
+    if ref.library == "zoo":
+        return _load_safetensors(path, architecture, input_shape, num_classes)
+    if ref.library != "hf":
+        return _load_library(path, ref, input_shape, num_classes, None)
+    checkpoint = hf_archive.scan(path)
+    with tempfile.TemporaryDirectory(prefix="secateur-hf-") as tmp:
+        weights = hf_archive.extract_weights(path, checkpoint, Path(tmp) / hf_archive.WEIGHTS)
+        loaded = _load_library(weights, ref, input_shape, num_classes, checkpoint.config)
+    loaded.format = "hf"
+    return loaded
+
+
+def model_preprocessing(path: Path, architecture: str | None) -> Preprocessing:
+    """Returns how the model expects to be fed (its library's, archive's or ONNX input's defaults)."""
+    kind = sniff_model_file(path)
+    check_model_format(kind, architecture)
+    if kind == "onnx":
+        return for_onnx(onnx_import.signature(onnx_import.read_onnx(path))[0])
+    assert architecture is not None  # check_model_format refused weights without one
+    ref = parse_architecture(architecture)
+    if ref.library == "hf":
+        checkpoint = hf_archive.scan(path)
+        return for_architecture(ref, hf_preprocessor=checkpoint.preprocessor, hf_config=checkpoint.config)
+    return for_architecture(ref, zoo_norm=zoo.DEFAULT_NORM.get(ref.name))
+
+
+def _load_library(weights: Path, ref: ArchitectureRef, input_shape: tuple[int, ...], num_classes: int,
+                  hf_config: dict[str, Any] | None) -> LoadedModel:
+    """Builds a library architecture for the weights' class count, checks keys and shapes on the meta
+    device, then builds it for real and loads the weights strictly."""
+    if len(input_shape) != 3:
+        raise InvalidModel(f"{ref} takes images (C, H, W); the data has samples of shape {input_shape}")
+    size = input_shape[-1]
+    table = safetensors_file.read_header(weights)
+    shape = library_models.build(ref, num_classes=num_classes, image_size=size, hf_config=hf_config,
+                                 device="meta")
+    classes = library_models.classes_from_weights(shape, table.shapes, num_classes)
+    onnx_import.check_classes(classes, num_classes)
+    if classes != num_classes:
+        shape = library_models.build(ref, num_classes=classes, image_size=size, hf_config=hf_config,
+                                     device="meta")
+    _check_keys(shape, table.shapes, str(ref), table.metadata.get("architecture"))
+    module = library_models.build(ref, num_classes=classes, image_size=size, hf_config=hf_config)
+    _load_state(module, weights, table)
+    module = library_models.finish(ref, module, image_size=size).float().eval()
+    return LoadedModel(module, "safetensors", None, input_shape, classes)
 
 
 def _load_onnx(path: Path, input_shape: tuple[int, ...], num_classes: int) -> LoadedModel:
@@ -81,16 +131,28 @@ def _load_safetensors(
 ) -> LoadedModel:
     """Reads weights with the official reader and loads them strictly into the zoo architecture."""
     module, table = _fitted_module(path, architecture, input_shape, num_classes)
+    _load_state(module, path, table)
+    module.float().eval()
+    norm = zoo.default_norm(architecture, input_shape)
+    return LoadedModel(module, "safetensors", norm, input_shape, _classes(module))
+
+
+def _load_state(module: nn.Module, path: Path, table: TensorTable) -> None:
+    """Reads every tensor with the official reader and loads them strictly (floats as float32; integer
+    buffers such as BatchNorm's step counter or a relative-position index keep their type)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             state = {key: f.get_tensor(key) for key in table.shapes}
     except SafetensorError as exc:
         raise InvalidModel(f"the safetensors file is truncated or malformed: {exc}") from None
-    state = {k: v if k.endswith("num_batches_tracked") else v.float() for k, v in state.items()}
+    own = module.state_dict()
+    wrong = [f"{k} ({table.dtypes[k]})" for k, v in state.items()
+             if v.is_floating_point() != own[k].is_floating_point()]
+    if wrong:
+        raise InvalidModel(f"unsupported tensor dtypes: {listing(wrong)}; weights must be float32, float16 "
+                           "or bfloat16 (integers only where the architecture keeps an integer buffer)")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     module.load_state_dict(state, strict=True)
-    module.float().eval()
-    norm = zoo.default_norm(architecture, input_shape)
-    return LoadedModel(module, "safetensors", norm, input_shape, _classes(module))
 
 
 def _classes(module: nn.Module) -> int:
@@ -125,4 +187,7 @@ def _check_keys(module: nn.Module, shapes: dict[str, tuple[int, ...]], architect
     hint = ""
     if stored_architecture and stored_architecture != architecture:
         hint = f" The file's metadata says it is a {stored_architecture!r}."
+    elif wrong and not (missing or unexpected):
+        hint = (" Only shapes differ: if these are position embeddings, the weights were made for another "
+                "input size — set data.image_size to it.")
     raise InvalidModel(f"the weights do not fit architecture {architecture!r} — {'; '.join(problems)}.{hint}")

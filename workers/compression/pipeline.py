@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.compression import datasets, model_io, sniff, zoo
+from workers.compression import datasets, model_io, sniff
 from workers.compression.config import JobConfig
 from workers.compression.datasets import DatasetBundle
 from workers.compression.errors import InvalidConfig, InvalidDataset, InvalidModel
@@ -26,6 +26,8 @@ from workers.compression.hooks import CheckpointStore, Progress, ProgressCallbac
 from workers.compression.measure import count_macs, count_params, latency_ms
 from workers.compression.methods import registry
 from workers.compression.methods.base import PruneContext
+from workers.compression.onnx_metadata import write_metadata
+from workers.compression.preprocessing import Preprocessing
 from workers.compression.report import Side, build_report, environment, sha256_file
 from workers.compression.training import Trainer, seed_everything
 
@@ -122,21 +124,44 @@ def _check_fits(model: nn.Module, data: DatasetBundle) -> None:
         )
 
 
-def _load(model_path: Path, dataset_path: Path, config: JobConfig) -> tuple[nn.Module, DatasetBundle, str]:
-    """Loads and cross-checks the dataset and the model (CPU, eval mode); also returns the model format."""
+@dataclass(frozen=True)
+class _Loaded:
+    """The model and the data it is fed, with how it is fed (for the report and the ONNX metadata)."""
+
+    model: nn.Module
+    data: DatasetBundle
+    model_format: str
+    preprocessing: dict[str, Any]
+
+
+def _load(model_path: Path, dataset_path: Path, config: JobConfig) -> _Loaded:
+    """Loads and cross-checks the dataset and the model (CPU, eval mode), the data fitted to the model's
+    own preprocessing (its library's defaults, overridden by the job's `data` options)."""
     _require_file(model_path, "model", InvalidModel)
     _require_file(dataset_path, "dataset", InvalidDataset)
     model_format = sniff.sniff_model_file(model_path)
-    # A zoo architecture was trained with a fixed normalization; an ONNX model carries none.
-    norm = zoo.DEFAULT_NORM.get(config.architecture or "") if model_format == "safetensors" else None
-    data = datasets.load_dataset(dataset_path, config.data, default_norm=norm)
+    preprocessing = model_io.model_preprocessing(model_path, config.architecture).overridden(config.data)
+    data = datasets.load_dataset(dataset_path, config.data, preprocessing=preprocessing)
     loaded = model_io.load_model(
         model_path, architecture=config.architecture, input_shape=data.input_shape,
         num_classes=data.num_classes,
     )
     loaded.module.eval()
     _check_fits(loaded.module, data)
-    return loaded.module, data, model_format
+    return _Loaded(loaded.module, data, model_format, _fed(preprocessing, data))
+
+
+def _fed(preprocessing: Preprocessing, data: DatasetBundle) -> dict[str, Any]:
+    """Returns what the model is really fed: the resolved preprocessing with the data's own size, scale
+    and statistics filled in where the model left them open."""
+    record = preprocessing.as_dict()
+    shape = data.input_shape
+    record |= {"input_shape": list(shape), "layout": "NCHW" if len(shape) == 3 else "flat",
+               "scale": data.scale, "mean": list(data.mean), "std": list(data.std),
+               "image_size": shape[-1] if len(shape) == 3 else None,
+               "channels": shape[0] if len(shape) == 3 else None,
+               "formula": "(x * scale - mean) / std per channel, after resize + center crop"}
+    return record
 
 
 def _measure_side(
@@ -181,15 +206,16 @@ def compress(
     seed_everything(config.seed)
     clock.enter("loading")
     method = registry.get(config.method)  # an unavailable method fails before any heavy work
-    model, data, model_format = _load(model_path, dataset_path, config)
-    model = model.to(dev)
+    loaded = _load(model_path, dataset_path, config)
+    model, data = loaded.model.to(dev), loaded.data
     inputs = {
         "model_sha256": sha256_file(model_path), "model_bytes": model_path.stat().st_size,
-        "model_format": model_format,
+        "model_format": loaded.model_format, "architecture": config.architecture,
         "dataset_sha256": sha256_file(dataset_path), "dataset_bytes": dataset_path.stat().st_size,
         "input_shape": list(data.input_shape), "num_classes": data.num_classes,
         "train_samples": int(data.x_train.shape[0]), "val_samples": int(data.x_val.shape[0]),
         "normalization": {"mean": list(data.mean), "std": list(data.std), "scale": data.scale},
+        "preprocessing": loaded.preprocessing, "class_names": data.class_names,
     }
     with tempfile.TemporaryDirectory(prefix="secateur-baseline-") as tmp:
         # The dense model is exported, verified and measured up front: a model that cannot round-trip
@@ -210,6 +236,7 @@ def compress(
         try:
             clock.enter("exporting")
             export_onnx(pruned_model, data.input_shape, onnx_path)
+            write_metadata(onnx_path, loaded.preprocessing, data.class_names)
             clock.enter("verifying")
             pruned = _measure_side(pruned_model, onnx_path, data, dev, threads)
             clock.enter("measuring")

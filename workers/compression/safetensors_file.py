@@ -19,7 +19,10 @@ from workers.compression.sniff import MAX_SAFETENSORS_HEADER
 
 __all__ = ["ALLOWED_DTYPES", "MAX_HEADER_BYTES", "TensorTable", "read_header"]
 
-ALLOWED_DTYPES = frozenset({"F32", "F16", "BF16"})  # plus I64, for BatchNorm's num_batches_tracked only
+ALLOWED_DTYPES = frozenset({"F32", "F16", "BF16"})
+# Integer buffers (BatchNorm's step counter, a Swin relative-position index): the loader requires each to
+# be an integer buffer of the architecture too, so no weight can arrive as integers.
+INTEGER_DTYPES = frozenset({"I64", "I32", "I16", "I8", "U8", "BOOL"})
 MAX_HEADER_BYTES = MAX_SAFETENSORS_HEADER  # one cap for the head sniff and the full read
 _LISTED = 12  # how many offending keys an error message names before summarizing
 
@@ -57,9 +60,9 @@ def read_header(path: Path) -> TensorTable:
 
 
 def _check_dtypes(dtypes: dict[str, str]) -> None:
-    """Refuses tensors outside the float allow-list (int64 only for BatchNorm's step counter)."""
+    """Refuses tensors outside the float and integer allow-lists (no float64, complex or 8-bit floats)."""
     bad = [f"{key} ({dtype})" for key, dtype in dtypes.items()
-           if dtype not in ALLOWED_DTYPES and not (dtype == "I64" and key.endswith("num_batches_tracked"))]
+           if dtype not in ALLOWED_DTYPES and dtype not in INTEGER_DTYPES]
     if bad:
         raise InvalidModel(f"unsupported tensor dtypes: {listing(bad)}; weights must be float32, float16 "
                            "or bfloat16")

@@ -28,7 +28,7 @@ __all__ = [
     "sniff_model_file",
 ]
 
-ModelFormat = Literal["onnx", "safetensors"]
+ModelFormat = Literal["onnx", "safetensors", "hf"]  # hf: a checkpoint archive (ZIP or tar)
 DatasetFormat = Literal["npz", "zip", "tar", "tar.gz"]
 ZipKind = Literal["npz", "torch", "torchscript", "pt2", "other"]
 
@@ -53,7 +53,8 @@ _ZIP_KIND_WHY = {
 
 
 def sniff_model(head: bytes) -> ModelFormat:
-    """Returns "onnx" or "safetensors" for a model file's first bytes; refuses every other format."""
+    """Returns "onnx", "safetensors" or "hf" (a ZIP/tar that may hold a Hugging Face checkpoint, checked
+    member by member later) for a model file's first bytes; refuses every other format."""
     if head.startswith(_ZIP_MAGICS):
         return _refuse_zip_model(_zip_kind(_local_names(head)))
     return _sniff_plain_model(head)
@@ -100,6 +101,8 @@ def _sniff_plain_model(head: bytes) -> ModelFormat:
                            f"the limit is {MAX_SAFETENSORS_HEADER}")
     if _is_onnx(head):
         return "onnx"
+    if _is_tar(head):
+        return "hf"
     if _is_pickle(head):
         raise UnsupportedModelFormat(
             "this model file is a Python pickle (torch.save / .pt / .pth / .pkl); loading a pickle runs "
@@ -111,7 +114,9 @@ def _sniff_plain_model(head: bytes) -> ModelFormat:
 
 
 def _refuse_zip_model(kind: ZipKind) -> ModelFormat:
-    """Raises the refusal for a ZIP-based model file, naming what kind of archive it is."""
+    """Accepts a plain ZIP as a checkpoint archive; refuses PyTorch and NumPy archives, naming the kind."""
+    if kind == "other":
+        return "hf"
     why = "" if kind in ("npz", "other") else " These formats can execute code when loaded."
     raise UnsupportedModelFormat(f"this model file is {_ZIP_KIND_WHY[kind]}, which is not accepted.{why} "
                                  f"Instead, {_UPLOAD_INSTEAD}")

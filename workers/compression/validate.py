@@ -27,8 +27,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from workers.compression.config import ARCHITECTURES
-from workers.compression.errors import InvalidConfig, InvalidDataset, UserError
+from workers.compression.architectures import check_model_format, parse_architecture
+from workers.compression.errors import InvalidDataset, UserError
 
 __all__ = ["MAX_OPEN_FILES", "RESOURCES_EXCEEDED", "VALIDATOR_BROKEN", "inspect_inputs", "limit_resources",
            "main"]
@@ -64,7 +64,7 @@ def inspect_inputs(model: Path, dataset: Path, architecture: str | None,
 
         classes = onnx_import.check_fits(onnx_import.read_onnx(model), input_shape, num_classes)
     else:
-        classes = _weights_classes(model, architecture, input_shape, num_classes)
+        classes = _weights_classes(model, model_format, architecture, input_shape, num_classes)
     return {"ok": True, "model_format": model_format, "dataset_format": dataset_format,
             "input_shape": list(input_shape), "num_classes": num_classes, "model_classes": classes}
 
@@ -90,17 +90,23 @@ def _dataset_facts(path: Path, kind: str) -> tuple[tuple[int, ...], int]:
     return summary.sample_shape, summary.num_classes
 
 
-def _weights_classes(model: Path, architecture: str | None, input_shape: tuple[int, ...],
+def _weights_classes(model: Path, model_format: str, architecture: str | None, input_shape: tuple[int, ...],
                      num_classes: int) -> int | None:
-    """Checks safetensors weights against the architecture: header first (no torch), then keys/shapes."""
+    """Checks weights against the architecture: the header or checkpoint archive first (no torch), then,
+    for zoo networks, keys and shapes. Library architectures are fitted by the worker, which knows the
+    image size the model is built for."""
+    check_model_format(model_format, architecture)
+    if model_format == "hf":
+        from workers.compression.hf_archive import scan
+
+        scan(model)  # refuses code, auto_map, pickled weights and malformed JSON or headers
+        return None
     from workers.compression.safetensors_file import read_header
 
     read_header(model)  # refuses a malformed or oversized header before torch is even imported
-    if architecture is None:
-        raise InvalidConfig(f"safetensors files hold weights only; set `architecture` to the network they "
-                            f"belong to, one of {list(ARCHITECTURES)}")
-    if find_spec("torch") is None:  # the API image: the worker checks the fit when it loads the weights
-        return None
+    assert architecture is not None  # check_model_format refused weights without one
+    if parse_architecture(architecture).library != "zoo" or find_spec("torch") is None:
+        return None  # the worker checks the fit when it loads the weights
     from workers.compression.model_io import check_safetensors
 
     return check_safetensors(model, architecture=architecture, input_shape=input_shape,
