@@ -23,8 +23,10 @@ from workers.compression.errors import InvalidConfig, UnsupportedOp
 from workers.compression.methods import registry
 from workers.compression.methods.base import PruneContext
 from workers.compression.methods.structured import (
+    Group,
     GroupPlan,
     L1Method,
+    Member,
     Structure,
     find_groups,
     importance,
@@ -252,12 +254,16 @@ class FixedReshapeNet(nn.Module):
         return out
 
 
-def test_removal_that_breaks_the_graph_is_a_typed_error() -> None:
-    """A constant-shape reshape after pruned channels is refused as unsupported_op, not a crash later."""
+def test_a_group_whose_removal_breaks_the_graph_is_left_alone() -> None:
+    """A constant-shape reshape after conv2: the trial removal finds it, the group is skipped with the reason,
+    and removing it anyway is refused as unsupported_op, not a crash later."""
     model = FixedReshapeNet()
-    _, plans = plans_for(model, IMAGE_SHAPE, 0.5)
+    structure = find_groups(model, torch.zeros(1, *IMAGE_SHAPE), coupled=False)
+    assert [g.root for g in structure.groups] == []  # conv1 is the first conv; conv2 breaks the reshape
+    assert "fixes a channel count" in dict(structure.skipped)["conv2"]
+    forced = Group("conv2", 6, (Member("conv2", tuple(range(6))),), (), coupled=False)
     with pytest.raises(UnsupportedOp, match="fixes a channel count"):
-        remove(model, plans, torch.zeros(1, *IMAGE_SHAPE))
+        remove(model, [GroupPlan(forced, (0, 1, 2))], torch.zeros(1, *IMAGE_SHAPE))
 
 
 # --- the l1 method ---------------------------------------------------------------------------------------

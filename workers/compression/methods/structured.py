@@ -1,8 +1,5 @@
-"""Filter pruning shared by `l1` and `tpp`: which channel groups, which filters, physical removal — and `l1`.
-
-Groups come from torch-pruning's dependency graph, so the same code serves the zoo (ResNets with option-A
-shortcuts, VGGs) and ONNX-imported graphs whose module names mean nothing. A group is every tensor that
-loses a channel together (conv/linear out-channels, the following BN, the next layer's in-channels).
+"""Filter pruning shared by `l1` and `tpp`: which channels go (L1 norms, a ratio or a searched FLOPs
+target), and the `l1` method. Which groups exist and how they are removed lives in `groups`.
 """
 
 from __future__ import annotations
@@ -10,19 +7,27 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
-from torch_pruning.ops import OPTYPE
 
 from workers.compression.config import L1Options
-from workers.compression.errors import InvalidConfig, UnsupportedOp
+from workers.compression.errors import InvalidConfig
 from workers.compression.measure import count_macs
 from workers.compression.methods.base import MethodResult, PruneContext
+from workers.compression.methods.groups import (
+    Group,
+    GroupPlan,
+    Member,
+    Structure,
+    find_groups,
+    iter_members,
+    only_exact,
+    remove,
+)
 from workers.compression.methods.registry import register
 
 __all__ = [
@@ -50,47 +55,7 @@ __all__ = [
 ]
 
 FINETUNE_PHASE = "finetune"
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # transposed convs are left alone
 _MAX_PR = 0.999  # with "keep at least one filter" this prunes every prunable layer to a single channel
-
-
-@dataclass(frozen=True)
-class Member:
-    """A module that loses the group's channels: `local[c]` is its own index of the group's channel c."""
-
-    name: str
-    local: tuple[int, ...]
-
-    def pruned(self, channels: Sequence[int]) -> list[int]:
-        """Returns this module's own indices of the group channels `channels`."""
-        return sorted(self.local[c] for c in channels)
-
-
-@dataclass(frozen=True)
-class Group:
-    """One prunable group; channel c means channel c of `root`, the first member layer in model order."""
-
-    root: str
-    channels: int
-    layers: tuple[Member, ...]  # convs/linears whose filters (out-channels) go
-    norms: tuple[Member, ...]  # BatchNorms whose scale/shift/statistics go
-    coupled: bool  # joined through a residual add (or another op mixing two feature maps)
-
-
-@dataclass(frozen=True)
-class Structure:
-    """The groups a method may prune, and the groups left alone with the reason (for the report)."""
-
-    groups: tuple[Group, ...]
-    skipped: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    """The channels (group indexing, ascending) removed from one group."""
-
-    group: Group
-    pruned: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -104,124 +69,6 @@ class Selection:
 def example_input(ctx: PruneContext) -> torch.Tensor:
     """Returns a one-sample zero batch (1, *input_shape) on the model's device, for tracing and FLOPs."""
     return torch.zeros((1, *ctx.data.input_shape), device=ctx.device)
-
-
-def _trace(model: nn.Module, example: torch.Tensor) -> Any:
-    """Builds torch-pruning's dependency graph of `model` (it needs autograd; it leaves the model in eval)."""
-    was_training = model.training
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-    finally:
-        model.train(was_training)
-
-
-def _edge_layers(dg: Any) -> set[nn.Module]:
-    """Returns the first convs (no conv/linear upstream) and the classifiers (no conv/linear downstream)."""
-
-    def reaches_layer(start: Any, forward: bool) -> bool:
-        """Tells whether a conv/linear lies upstream (or downstream) of `start`."""
-        stack, seen = list(start.outputs if forward else start.inputs), set()
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            if isinstance(node.module, _LAYERS):
-                return True
-            stack.extend(node.outputs if forward else node.inputs)
-        return False
-
-    edges: set[nn.Module] = set()
-    for module, node in dg.module2node.items():
-        if not isinstance(module, _LAYERS):
-            continue
-        first_conv = not isinstance(module, nn.Linear) and not reaches_layer(node, forward=False)
-        if first_conv or not reaches_layer(node, forward=True):
-            edges.add(module)
-    return edges
-
-
-def _pads_channels(node: Any, rank: int) -> bool:
-    """Tells whether `node` is a constant pad of the channel dim (option-A shortcut), which torch-pruning
-    takes for an element-wise op: the channels on its two sides do not line up.
-
-    Deviation (also for `coupled: true`): such groups are left alone rather than given a custom pruner.
-    Correctly modelled, a pruned stage-2 channel still receives its stage-1 channel through the shortcut,
-    so TPP's zero-out would not be exact unless both stages lose it; and the zoo's residual stream starts
-    at the stem conv, which is never pruned. The paper's default prunes none of these channels anyway.
-    """
-    grad_fn = node.grad_fn
-    if grad_fn is None or "ConstantPadNd" not in grad_fn.name():
-        return False
-    pad = tuple(grad_fn._saved_pad)  # pairs from the last dim backwards: dim 1 is pair rank-2
-    return any(pad[2 * (rank - 2): 2 * (rank - 2) + 2])
-
-
-def _classify(dg: Any, tp_group: Any, names: dict[nn.Module, str], order: dict[str, int],
-              edges: set[nn.Module], rank: int) -> Group | set[str]:
-    """Turns a torch-pruning group into a `Group`, or returns why it must be left alone."""
-    layers: list[tuple[str, list[int], list[int]]] = []  # (name, own indices, tp-root indices)
-    norms: list[tuple[str, list[int], list[int]]] = []
-    problems: set[str] = set()
-    coupled = False
-    for item in tp_group:
-        node, module, idxs = item.dep.target, item.dep.target.module, list(item.idxs)
-        if node.type == OPTYPE.ELEMENTWISE and sum(i.type != OPTYPE.PARAMETER for i in node.inputs) > 1:
-            coupled = True  # two feature maps meet (residual add, gating): their channels go together
-        if _pads_channels(node, rank):
-            problems.add("unmodelled channel mapping (channel padding, e.g. an option-A shortcut)")
-        if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.out_channels:
-            problems.add("unmodelled channel mapping (grouped conv)")
-        if not dg.is_out_channel_pruning_fn(item.dep.handler):
-            in_channels = dg.get_in_channels(module) if isinstance(module, nn.Module) else None
-            if in_channels is not None and max(idxs) >= in_channels:
-                problems.add("unmodelled channel mapping (index out of range)")
-            continue
-        if module in edges:
-            problems.add("holds the first conv or the classifier")
-        if isinstance(module, (*_LAYERS, nn.modules.batchnorm._BatchNorm)):
-            # The group lists every channel once: each member must be covered exactly, one to one.
-            if sorted(idxs) != list(range(dg.get_out_channels(module))):
-                problems.add("unmodelled channel mapping (partial coverage)")
-            target = layers if isinstance(module, _LAYERS) else norms
-            target.append((names[module], idxs, list(item.root_idxs)))
-    if coupled:
-        problems.add("coupled through a residual add")
-    if problems - {"coupled through a residual add"} or not layers:
-        return problems or {"no conv/linear in the group"}
-    layers.sort(key=lambda m: order[m[0]])
-    root_name, root_own, root_tp = layers[0]
-    to_tp = dict(zip(root_own, root_tp, strict=True))  # root's own channel -> tp-root channel
-
-    def member(entry: tuple[str, list[int], list[int]]) -> Member:
-        """Re-indexes a member by the root's channels."""
-        name, own, tp_root = entry
-        by_tp = dict(zip(tp_root, own, strict=True))
-        return Member(name, tuple(by_tp[to_tp[c]] for c in range(len(root_own))))
-
-    return Group(root_name, len(root_own), tuple(map(member, layers)), tuple(map(member, norms)), coupled)
-
-
-def find_groups(model: nn.Module, example: torch.Tensor, *, coupled: bool) -> Structure:
-    """Finds the prunable groups: all conv/linear groups but the first conv and the classifier; groups
-    coupled through adds only when `coupled` (the paper's default leaves them alone)."""
-    dg = _trace(model, example)
-    names = {module: name for name, module in model.named_modules()}
-    order = {name: i for i, name in enumerate(names.values())}
-    edges = _edge_layers(dg)
-    groups: list[Group] = []
-    skipped: list[tuple[str, str]] = []
-    for tp_group in dg.get_all_groups(root_module_types=_LAYERS):
-        found = _classify(dg, tp_group, names, order, edges, example.dim())
-        if isinstance(found, set):
-            skipped.append((names.get(tp_group[0].dep.target.module, "?"), "; ".join(sorted(found))))
-        elif found.coupled and not coupled:
-            skipped.append((found.root, "coupled through a residual add (options.coupled: true prunes it)"))
-        else:
-            groups.append(found)
-    groups.sort(key=lambda g: order[g.root])
-    return Structure(tuple(groups), tuple(sorted(skipped)))
 
 
 def importance(model: nn.Module, group: Group) -> torch.Tensor:
@@ -248,46 +95,17 @@ def kept_count(channels: int, ratio: float, round_to: int | None) -> int:
 
 def select(structure: Structure, scores: Sequence[torch.Tensor], ratio: float,
            round_to: int | None) -> tuple[GroupPlan, ...]:
-    """Picks, in every group, the channels with the smallest scores (ties: lowest index first)."""
+    """Picks, in every group, the positions (channels, or whole heads; the same in every block of a grouped
+    conv) with the smallest summed scores (ties: lowest index first)."""
     plans = []
     for group, score in zip(structure.groups, scores, strict=True):
-        kept = kept_count(group.channels, ratio, round_to)
-        order = torch.argsort(score, stable=True)
-        plans.append(GroupPlan(group, tuple(sorted(order[: group.channels - kept].tolist()))))
+        per_position = score.view(group.repeat, group.positions, group.unit).sum(dim=(0, 2))
+        width = group.repeat * group.unit  # channels per position: round the kept channels, not positions
+        step = None if round_to is None else round_to // math.gcd(round_to, width)
+        kept = kept_count(group.positions, ratio, step)
+        order = torch.argsort(per_position, stable=True)
+        plans.append(GroupPlan(group, group.expand(order[: group.positions - kept].tolist())))
     return tuple(p for p in plans if p.pruned)
-
-
-def _output_shape(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
-    """Runs a batch of two in eval mode (BN statistics untouched) and returns the output's shape."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return tuple(model(example.expand(2, *example.shape[1:])).shape)
-    finally:
-        model.train(was_training)
-
-
-def remove(model: nn.Module, plans: Sequence[GroupPlan], example: torch.Tensor) -> None:
-    """Removes the planned channels physically: smaller convs/BNs/linears, consumers lose their inputs."""
-    dg = _trace(model, example)
-    expected = _output_shape(model, example)
-    modules = dict(model.named_modules())
-    for plan in plans:
-        root = modules[plan.group.root]
-        prune_out = dg.get_pruner_of_module(root).prune_out_channels
-        dg.get_pruning_group(root, prune_out, list(plan.pruned)).prune(record_history=False)
-    try:
-        shape = _output_shape(model, example)
-    except RuntimeError as exc:  # shape errors inside the user's graph
-        shape, reason = (), str(exc).splitlines()[0]
-    else:
-        reason = f"it now outputs {shape} instead of {expected}"
-    if shape != expected:
-        raise UnsupportedOp(
-            f"removing channels broke the model ({reason}): the graph probably fixes a channel count in a "
-            "constant, such as a Reshape to a fixed shape. Flatten with a dynamic shape "
-            "(torch.flatten(x, 1)) before exporting, or use an unstructured method (magnitude, weightmom)")
 
 
 def macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -339,16 +157,22 @@ def plan_from_json(structure: Structure, text: str) -> tuple[GroupPlan, ...]:
     return tuple(GroupPlan(g, tuple(recorded[g.root])) for g in structure.groups if g.root in recorded)
 
 
-def choose(ctx: PruneContext, options: L1Options) -> Selection:
-    """Finds the groups and the filters to remove (once: a resumed job reuses the recorded plan)."""
+def choose(ctx: PruneContext, options: L1Options, *, exact: bool = False) -> Selection:
+    """Finds the groups and the filters to remove (once: a resumed job reuses the recorded plan); `exact`
+    keeps only groups whose zeroed channels can be removed without changing the output (TPP)."""
     example = example_input(ctx)
     structure = find_groups(ctx.model, example, coupled=options.coupled)
+    if exact:
+        structure = only_exact(structure)
     if not structure.groups:
         reasons = sorted({reason for _, reason in structure.skipped})
         raise InvalidConfig(f"the model has no channel group that {ctx.config.method} can prune ({reasons}); "
                             "try options.coupled: true, or a method with unstructured sparsity")
     target = ctx.config.target
-    report: dict[str, Any] = {"skipped_groups": [{"root": r, "reason": why} for r, why in structure.skipped]}
+    report: dict[str, Any] = {
+        "groups": len(structure.groups), "coupled_groups": structure.coupling,
+        "skipped_groups": [{"root": r, "reason": why} for r, why in structure.skipped],
+    }
     recorded, ratio = ctx.trainer.recall("structured.plan"), ctx.trainer.recall("structured.ratio")
     if isinstance(recorded, str) and isinstance(ratio, float):
         plans = plan_from_json(structure, recorded)  # a resumed job: never re-select
@@ -393,16 +217,6 @@ def finetune(ctx: PruneContext, model: nn.Module) -> float | None:
                         optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     first = next((h for h in ctx.trainer.history if h.get("phase") == FINETUNE_PHASE), None)
     return None if first is None else float(first["accuracy"])
-
-
-def iter_members(plans: Sequence[GroupPlan], model: nn.Module) -> Iterator[tuple[nn.Module, list[int], bool]]:
-    """Yields (module, its own pruned indices, is_norm) for every layer and BN the plans touch."""
-    modules = dict(model.named_modules())
-    for plan in plans:
-        for member in plan.group.layers:
-            yield modules[member.name], member.pruned(plan.pruned), False
-        for member in plan.group.norms:
-            yield modules[member.name], member.pruned(plan.pruned), True
 
 
 def _remembered_accuracy(ctx: PruneContext, key: str, model: nn.Module) -> float:

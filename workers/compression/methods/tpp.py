@@ -240,7 +240,11 @@ class TppMethod:
         total_steps = math.ceil(reg_epochs * trainer.steps_per_epoch - 1e-9)
         if trainer.recall("tpp.accuracy_before_regularization") is None:
             trainer.remember("tpp.accuracy_before_regularization", trainer.evaluate(model))
-        selection = choose(ctx, options)
+        # Only groups whose zeroed channels leave the output unchanged: a LayerNorm over the channel (the
+        # residual stream of ConvNeXt/ViT) would still count them. Attention heads qualify: zeroed q/k/v
+        # rows make the head output zero. Gram and L2 terms go to the layers' rows (whole heads' q/k/v
+        # rows for attention), the BN term to the group's norms (BatchNorms only, after this filter).
+        selection = choose(ctx, options, exact=True)
         layers = layer_report(model, selection.plans)
         keys = ("accuracy_before_regularization", "accuracy_after_regularization",
                 "accuracy_before_removal", "accuracy_after_removal")

@@ -1,0 +1,588 @@
+"""Channel groups of a model and their physical removal, from torch-pruning's dependency graph.
+
+A group is every tensor that loses a channel together: conv/linear out-channels, the norms after them, the
+next layers' in-channels — across concatenations, depthwise and grouped convolutions, squeeze-excite gates,
+residual adds and attention heads. The same code serves the zoo (option-A ResNets, VGGs), torchvision/timm/
+Hugging Face models and ONNX-imported graphs whose module names mean nothing.
+
+The analysis is bounded: tracing, the group search and each removal run under a wall-clock budget, and
+anything torch-pruning raises becomes an `UnsupportedOp` naming the module or op it was looking at.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency.node import Node
+from torch_pruning.ops import OPTYPE
+
+from workers.compression.errors import CompressionError, UnsupportedOp
+from workers.compression.methods.attention import Heads, find_heads, sync_heads
+
+__all__ = [
+    "GRAPH_BUDGET_S",
+    "Group",
+    "GroupPlan",
+    "Member",
+    "Structure",
+    "find_groups",
+    "iter_members",
+    "only_exact",
+    "remove",
+]
+
+GRAPH_BUDGET_S = 30.0  # per trace + group search, and per removal: ShuffleNet V2 once ran for 15+ minutes
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # transposed convs are left alone
+# Per-channel scale/shift that goes with its channel; all but BatchNorm also mix channels in their statistics.
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+_MIXING = (OPTYPE.LN, OPTYPE.GN, OPTYPE.IN, OPTYPE.PARAMETER, OPTYPE.EMBED)
+_COUPLING_OFF = "left alone (options.coupled: true prunes them with shared indices)"
+_COUPLING_ON = "pruned with shared indices (options.coupled: true)"
+_COUPLING_AUTO = "pruned with shared indices: every prunable group is coupled through a residual add"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A module that loses the group's channels: `local[c]` is its own index of the group's channel c."""
+
+    name: str
+    local: tuple[int, ...]
+
+    def pruned(self, channels: Sequence[int]) -> list[int]:
+        """Returns this module's own indices of the group channels `channels`."""
+        return sorted(self.local[c] for c in channels)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One prunable group; channel c means channel c of `root`, the first member layer in model order.
+
+    Channels go in whole positions: the channels split into `repeat` equal blocks (the groups of a grouped
+    conv or GroupNorm, the q/k/v blocks of a fused projection), each block into positions of `unit`
+    consecutive channels (one attention head; 1 otherwise), and a pruned position goes in every block.
+    """
+
+    root: str
+    channels: int
+    layers: tuple[Member, ...]  # convs/linears whose filters (out-channels) go
+    norms: tuple[Member, ...]  # BatchNorm/LayerNorm/GroupNorm whose scale/shift (and statistics) go
+    coupled: bool  # joined through a residual add: the add's inputs lose the same channels
+    repeat: int = 1
+    unit: int = 1
+    exact: bool = True  # zeroing the layers and norms zeroes the channel (no LayerNorm mixes it in, ...)
+    heads: tuple[Heads, ...] = ()  # attention modules whose head count follows the removal
+
+    @property
+    def positions(self) -> int:
+        """Returns the number of prunable positions per block (heads, or channels per conv group)."""
+        return self.channels // (self.repeat * self.unit)
+
+    def expand(self, positions: Sequence[int]) -> tuple[int, ...]:
+        """Returns the group channels (ascending) of the given positions, in every block."""
+        block = self.positions * self.unit
+        return tuple(sorted(b * block + p * self.unit + u
+                            for b in range(self.repeat) for p in positions for u in range(self.unit)))
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The groups a method may prune, the groups left alone with the reason, and what happened to groups
+    coupled through residual adds (for the report)."""
+
+    groups: tuple[Group, ...]
+    skipped: tuple[tuple[str, str], ...]
+    coupling: str = _COUPLING_OFF
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """The channels (group indexing, ascending) removed from one group."""
+
+    group: Group
+    pruned: tuple[int, ...]
+
+
+# --- a bounded, typed analysis ---------------------------------------------------------------------------
+
+
+class _Overrun(BaseException):
+    """Raised inside the analysing thread by the watchdog when the budget is spent (never escapes)."""
+
+
+def _culprit(exc: BaseException, names: dict[Any, str]) -> str:
+    """Names the module or op torch-pruning was handling when `exc` was raised: the innermost frame
+    holding a graph node or a named module."""
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, Node):
+                module = value.module
+                label = names.get(module) or (module._grad_fn if hasattr(module, "_grad_fn") else None)
+                return f"{label or ''} ({type(module).__name__})".strip()
+            if isinstance(value, nn.Module) and value in names and names[value]:
+                return f"{names[value]} ({type(value).__name__})"
+    return "an unnamed op"
+
+
+@contextmanager
+def _analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[None]:
+    """Runs the body under a wall-clock budget and maps whatever torch-pruning raises to UnsupportedOp.
+
+    The tracer's index mapping recurses in pure Python and can run for minutes on one call, so a watchdog
+    thread raises `_Overrun` inside this thread (PyThreadState_SetAsyncExc: delivered between bytecodes).
+    """
+    thread, lock, done = threading.get_ident(), threading.Lock(), threading.Event()
+    state = {"finished": False, "fired": False}
+
+    def watchdog() -> None:
+        """Interrupts the analysing thread once the budget is spent, unless it has finished."""
+        if done.wait(budget_s):
+            return
+        with lock:
+            if not state["finished"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(_Overrun))
+
+    timer = threading.Thread(target=watchdog, name="graph-budget", daemon=True)
+    timer.start()
+    try:
+        try:
+            yield
+        finally:
+            with lock:
+                state["finished"] = True
+                if state["fired"]:  # raised but maybe not delivered yet: cancel it
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None)
+            done.set()
+    except _Overrun as exc:
+        raise UnsupportedOp(
+            f"{what} exceeded its {budget_s:g} s budget at {_culprit(exc, names)}: the graph is too large or "
+            "too irregular to analyse; use an unstructured method (magnitude, weightmom)") from None
+    except CompressionError:
+        raise
+    except Exception as exc:  # torch-pruning's own failures (KeyError, ZeroDivisionError, asserts, ...)
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UnsupportedOp(
+            f"{what} failed at {_culprit(exc, names)} ({type(exc).__name__}: {first}); use an unstructured "
+            "method (magnitude, weightmom) for this model") from exc
+
+
+def _patch_index_mapping() -> None:
+    """Two guards around torch-pruning 1.6's index mapping (idempotent; graphs built elsewhere behave as
+    before but for the first guard):
+    - it divides by a channel count of zero it infers for a view that splits the channel dim (a channel
+      shuffle) and dies with ZeroDivisionError: such a view gets no mapping, and `_classify` refuses the
+      groups through it (it sees the split);
+    - it recomputes every mapping of the graph on each group query, quadratic in the graph (DenseNet-121:
+      20 s of 29): a graph flagged `secateur_mapped` (ours: groups are queried, then pruned at once) keeps
+      the mapping computed when it was built."""
+    if getattr(index_mapping.update_index_mapping, "secateur_guarded", False):
+        return
+    reshape, update = index_mapping.update_reshape_index_mapping, index_mapping.update_index_mapping
+
+    def guarded_reshape(graph: Any, node: Any) -> None:
+        """Maps the reshape, or leaves it unmapped when torch-pruning's channel inference gives zero."""
+        try:
+            reshape(graph, node)
+        except ZeroDivisionError:
+            return
+
+    def cached_update(graph: Any) -> None:
+        """Updates every mapping, unless the graph's mapping is known to be current."""
+        if not getattr(graph, "secateur_mapped", False):
+            update(graph)
+
+    cached_update.secateur_guarded = True  # type: ignore[attr-defined]
+    index_mapping.update_reshape_index_mapping = guarded_reshape
+    index_mapping.update_index_mapping = cached_update
+
+
+_patch_index_mapping()
+
+
+class _ChannelSplits(TorchFunctionMode):
+    """Records views that split the channel dim of a feature map, (N, C, H, W) -> (N, g, C/g, H, W): the
+    first half of a channel shuffle, a permutation torch-pruning takes for the identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits: set[Any] = set()  # grad_fns of those views (the graph nodes' grad_fn)
+
+    def __torch_function__(self, func: Callable[..., Any], types_: Any, args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        """Runs `func` and remembers its output when it splits dim 1 of its input."""
+        out = func(*args, **(kwargs or {}))
+        src = args[0] if args else None
+        if (isinstance(out, torch.Tensor) and isinstance(src, torch.Tensor) and out.grad_fn is not None
+                and src.dim() >= 3 and out.dim() > src.dim() and out.shape[0] == src.shape[0]
+                and out.shape[1] < src.shape[1] and out.shape[-(src.dim() - 2):] == src.shape[2:]):
+            self.splits.add(out.grad_fn)
+        return out
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> tuple[Any, set[Any]]:
+    """Builds torch-pruning's dependency graph of `model` (it needs autograd; it leaves the model in eval);
+    returns it and the channel-splitting views seen on the way."""
+    recorder = _ChannelSplits()
+
+    def forward(module: nn.Module, inputs: torch.Tensor) -> Any:
+        """The traced forward, with the view recorder on."""
+        with recorder:
+            return module(inputs)
+
+    was_training = model.training
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=forward,
+                                                          verbose=False)
+    finally:
+        model.train(was_training)
+    for node in graph.module2node.values():
+        if node.grad_fn in recorder.splits:
+            # Groups end at a channel shuffle (and `_classify` refuses the ones that reach it): followed as
+            # the identity through the concat/split around it, torch-pruning's group search grows without
+            # bound (ShuffleNet V2: 15+ minutes, 2 GB).
+            node.dependencies = []
+    graph.secateur_mapped = True  # nothing is pruned before every group is known: see _patch_index_mapping
+    return graph, recorder.splits
+
+
+# --- which groups ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What classifying a torch-pruning group needs to know about the traced model."""
+
+    graph: Any
+    names: dict[nn.Module, str]
+    order: dict[str, int]
+    edges: set[nn.Module]
+    splits: set[Any]
+    heads: dict[str, Heads]
+    rank: int
+
+
+def _edge_layers(dg: Any) -> set[nn.Module]:
+    """Returns the first convs (no conv/linear upstream) and the classifiers (no conv/linear downstream)."""
+
+    def reaches_layer(start: Any, forward: bool) -> bool:
+        """Tells whether a conv/linear lies upstream (or downstream) of `start`."""
+        stack, seen = list(start.outputs if forward else start.inputs), set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if isinstance(node.module, _LAYERS):
+                return True
+            stack.extend(node.outputs if forward else node.inputs)
+        return False
+
+    edges: set[nn.Module] = set()
+    for module, node in dg.module2node.items():
+        if not isinstance(module, _LAYERS):
+            continue
+        first_conv = not isinstance(module, nn.Linear) and not reaches_layer(node, forward=False)
+        if first_conv or not reaches_layer(node, forward=True):
+            edges.add(module)
+    return edges
+
+
+def _pads_channels(node: Any, rank: int) -> bool:
+    """Tells whether `node` is a constant pad of the channel dim (option-A shortcut), which torch-pruning
+    takes for an element-wise op: the channels on its two sides do not line up.
+
+    Deviation (also for `coupled: true`): such groups are left alone rather than given a custom pruner.
+    Correctly modelled, a pruned stage-2 channel still receives its stage-1 channel through the shortcut,
+    so TPP's zero-out would not be exact unless both stages lose it; and the zoo's residual stream starts
+    at the stem conv, which is never pruned. The paper's default prunes none of these channels anyway.
+    """
+    grad_fn = node.grad_fn
+    if grad_fn is None or "ConstantPadNd" not in grad_fn.name():
+        return False
+    pad = tuple(grad_fn._saved_pad)  # pairs from the last dim backwards: dim 1 is pair rank-2
+    return any(pad[2 * (rank - 2): 2 * (rank - 2) + 2])
+
+
+def _is_residual_add(node: Any) -> bool:
+    """Tells whether `node` adds (or subtracts) two feature maps. A product of two (a squeeze-excite gate,
+    attention scores) also ties their channels, but it is part of the block, not a residual stream."""
+    grad_fn = node.grad_fn
+    return (node.type == OPTYPE.ELEMENTWISE and grad_fn is not None
+            and grad_fn.name().startswith(("AddBackward", "SubBackward"))
+            and sum(i.type != OPTYPE.PARAMETER for i in node.inputs) > 1)
+
+
+def _channel_groups(module: Any) -> int:
+    """Returns how many equal channel groups `module` keeps apart: a grouped (not depthwise) conv's
+    groups, a GroupNorm's groups; 1 otherwise. A pruned position must go in every one of them."""
+    if isinstance(module, nn.modules.conv._ConvNd) and module.groups != module.out_channels:
+        return int(module.groups)
+    if isinstance(module, nn.GroupNorm):
+        return int(module.num_groups)
+    return 1
+
+
+_Entry = tuple[str, list[int], list[int]]  # (module name, own indices, torch-pruning root indices)
+_Constraint = tuple[list[int], list[int], int, int]  # (own indices, tp-root indices, groups, channel count)
+
+
+def _member(entry: _Entry, to_tp: dict[int, int], channels: int) -> Member:
+    """Re-indexes a member by the root's channels."""
+    name, own, tp_root = entry
+    by_tp = dict(zip(tp_root, own, strict=True))
+    return Member(name, tuple(by_tp[to_tp[c]] for c in range(channels)))
+
+
+def _block_layout(ctx: _Context, layers: list[Member], constraints: list[_Constraint],
+                  to_ours: dict[int, int], channels: int) -> tuple[int, int, tuple[Heads, ...]] | str:
+    """Returns (repeat, unit, heads) for a group, or why its grouped convs / norms / heads do not line up
+    with its channels (each must see the group's channels one to one, in the root's order)."""
+    repeat = 1
+    for own, tp_root, groups, count in constraints:
+        if count != channels or [to_ours.get(r) for r in tp_root] != own:
+            return "unmodelled channel mapping (grouped conv or GroupNorm behind a concat, split or reshape)"
+        repeat = math.lcm(repeat, groups)
+    heads = sorted({ctx.heads[m.name] for m in layers if m.name in ctx.heads}, key=lambda h: h.module)
+    unit = 1
+    if heads:
+        by_name = {m.name: m for m in layers}
+        identity = tuple(range(channels))
+        if len({h.head_dim for h in heads}) > 1 or any(
+                by_name.get(p) is None or by_name[p].local != identity for h in heads for p in h.projections):
+            return "unmodelled channel mapping (attention projections outside the group)"
+        unit = heads[0].head_dim
+        repeat = math.lcm(repeat, 3 if heads[0].fused else 1)
+    if channels % (repeat * unit):
+        return "unmodelled channel mapping (channels not divisible into groups or heads)"
+    return repeat, unit, tuple(heads)
+
+
+def _classify(ctx: _Context, tp_group: Any) -> Group | set[str]:
+    """Turns a torch-pruning group into a `Group`, or returns why it must be left alone."""
+    dg = ctx.graph
+    layers: list[_Entry] = []
+    norms: list[_Entry] = []
+    constraints: list[_Constraint] = []
+    problems: set[str] = set()
+    coupled, exact = False, True
+    for item in tp_group:
+        node, module, idxs = item.dep.target, item.dep.target.module, list(item.idxs)
+        out = dg.is_out_channel_pruning_fn(item.dep.handler)
+        coupled = coupled or _is_residual_add(node)
+        exact = exact and node.type not in _MIXING
+        if node.grad_fn in ctx.splits:
+            problems.add("channel shuffle (a view splitting the channel dim)")
+        if _pads_channels(node, ctx.rank):
+            problems.add("unmodelled channel mapping (channel padding, e.g. an option-A shortcut)")
+        if _channel_groups(module) > 1:
+            count = dg.get_out_channels(module) if out else dg.get_in_channels(module)
+            constraints.append((idxs, list(item.root_idxs), _channel_groups(module), count))
+        if not out:
+            in_channels = dg.get_in_channels(module) if isinstance(module, nn.Module) else None
+            if in_channels is not None and max(idxs) >= in_channels:
+                problems.add("unmodelled channel mapping (index out of range)")
+            continue
+        if module in ctx.edges:
+            problems.add("holds the first conv or the classifier")
+        if isinstance(module, (*_LAYERS, *_NORMS)):
+            # The group lists every channel once: each layer must be covered exactly, one to one. A BatchNorm
+            # treats channels apart, so it may hold channels of several groups (DenseNet's concatenations).
+            whole = sorted(idxs) == list(range(dg.get_out_channels(module)))
+            part = isinstance(module, nn.modules.batchnorm._BatchNorm) and len(set(idxs)) == len(idxs)
+            if not (whole or part):
+                problems.add("unmodelled channel mapping (partial coverage)")
+            target = layers if isinstance(module, _LAYERS) else norms
+            target.append((ctx.names[module], idxs, list(item.root_idxs)))
+    if coupled:
+        problems.add("coupled through a residual add")
+    if problems - {"coupled through a residual add"} or not layers:
+        return problems or {"no conv/linear in the group"}
+    layers.sort(key=lambda m: ctx.order[m[0]])
+    _, root_own, root_tp = layers[0]
+    if any(sorted(set(tp_root)) != sorted(root_tp) or len(set(tp_root)) != len(own)
+           for _, own, tp_root in layers + norms):
+        return {"unmodelled channel mapping (members see different channels)"}
+    to_tp = dict(zip(root_own, root_tp, strict=True))  # root's own channel -> tp-root channel
+    channels = len(root_own)
+    members = [_member(e, to_tp, channels) for e in layers]
+    layout = _block_layout(ctx, members, constraints, {t: o for o, t in to_tp.items()}, channels)
+    if isinstance(layout, str):
+        return {layout}
+    repeat, unit, heads = layout
+    return Group(layers[0][0], channels, tuple(members), tuple(_member(e, to_tp, channels) for e in norms),
+                 coupled, repeat=repeat, unit=unit, exact=exact, heads=heads)
+
+
+def _tp_groups(ctx: _Context, skipped: list[tuple[str, str]]) -> Iterator[Any]:
+    """Yields torch-pruning's group of each conv/linear's out-channels, once per group, like its
+    `get_all_groups`, except that a group it cannot map (an op whose channels it mis-infers) is skipped with
+    the op named, instead of failing the whole model."""
+    dg, visited = ctx.graph, set[nn.Module]()
+    for module in list(dg.module2node):
+        if not isinstance(module, _LAYERS) or module in visited:
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        try:
+            group = dg.get_pruning_group(module, pruner.prune_out_channels,
+                                         list(range(pruner.get_out_channels(module))))
+        except Exception as exc:  # torch-pruning's index mapping: IndexError, KeyError, ... on odd ops
+            at = _culprit(exc, ctx.names)
+            skipped.append((ctx.names.get(module, "?"), f"torch-pruning cannot map its channels "
+                                                        f"({type(exc).__name__} at {at})"))
+            continue
+        visited.update(i.dep.target.module for i in group if dg.is_out_channel_pruning_fn(i.dep.handler))
+        yield group
+
+
+def _output_shape(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+    """Runs a batch of two in eval mode (BN statistics untouched) and returns the output's shape."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return tuple(model(example.expand(2, *example.shape[1:])).shape)
+    finally:
+        model.train(was_training)
+
+
+def _breaks(model: nn.Module, example: torch.Tensor, groups: Sequence[Group],
+            expected: tuple[int, ...]) -> str | None:
+    """Removes one position of each group from a copy and runs it; returns what broke, or None."""
+    trial = copy.deepcopy(model)
+    try:
+        remove(trial, [GroupPlan(g, g.expand([0])) for g in groups], example)
+    except UnsupportedOp as exc:
+        return exc.message
+    shape = _output_shape(trial, example)
+    return None if shape == expected else f"the output became {shape} instead of {expected}"
+
+
+def _working(model: nn.Module, example: torch.Tensor, groups: list[Group],
+             skipped: list[tuple[str, str]]) -> list[Group]:
+    """Returns the groups whose removal keeps the model working; the others go to `skipped` (a fixed shape
+    or a per-head tensor the graph does not show). Halving finds the culprits in O(k log n) trials."""
+    expected = _output_shape(model, example)
+    trial = [g for g in groups if g.positions > 1]  # a group of one position is never pruned
+
+    def bad(subset: list[Group]) -> list[Group]:
+        """Returns the groups of `subset` that break the model."""
+        if not subset or _breaks(model, example, subset, expected) is None:
+            return []
+        if len(subset) == 1:
+            return subset
+        half = len(subset) // 2
+        return bad(subset[:half]) + bad(subset[half:])
+
+    broken = bad(trial)
+    for group in broken:
+        reason = _breaks(model, example, [group], expected) or "breaks the model"
+        skipped.append((group.root, f"removing its channels breaks the model ({reason[:160]})"))
+    return [g for g in groups if g not in broken]
+
+
+def find_groups(model: nn.Module, example: torch.Tensor, *, coupled: bool) -> Structure:
+    """Finds the prunable groups: all conv/linear groups but the first conv's and the classifier's. Groups
+    coupled through residual adds are pruned when `coupled`, or when nothing else is prunable (ConvNeXt,
+    RepVGG); otherwise they are left alone, as in the paper."""
+    names = {module: name for name, module in model.named_modules()}
+    found: list[Group] = []
+    skipped: list[tuple[str, str]] = []
+    with _analysis("the dependency-graph analysis", names, GRAPH_BUDGET_S):
+        dg, splits = _trace(model, example)
+        order = {name: i for i, name in enumerate(names.values())}
+        ctx = _Context(dg, names, order, _edge_layers(dg), splits, find_heads(model), example.dim())
+        for tp_group in _tp_groups(ctx, skipped):
+            result = _classify(ctx, tp_group)
+            if isinstance(result, set):
+                skipped.append((names.get(tp_group[0].dep.target.module, "?"), "; ".join(sorted(result))))
+            else:
+                found.append(result)
+    uncoupled = [g for g in found if not g.coupled]
+    if coupled or not uncoupled:
+        policy = _COUPLING_ON if coupled else _COUPLING_AUTO
+    else:
+        policy = _COUPLING_OFF
+        skipped += [(g.root, "coupled through a residual add (options.coupled: true prunes it)")
+                    for g in found if g.coupled]
+        found = uncoupled
+    found.sort(key=lambda g: ctx.order[g.root])
+    groups = _working(model, example, found, skipped)
+    return Structure(tuple(groups), tuple(sorted(skipped)), policy)
+
+
+def only_exact(structure: Structure) -> Structure:
+    """Keeps the groups whose zeroed channels can be removed without changing the output (TPP's zero-out):
+    a LayerNorm/GroupNorm over the channels, or an added parameter (position embedding), would still see
+    them; those groups go to `skipped`."""
+    inexact = [(g.root, "normalized or offset together with kept channels (LayerNorm, GroupNorm, an added "
+                        "parameter): a zeroed channel cannot be removed exactly") for g in structure.groups
+               if not g.exact]
+    return replace(structure, groups=tuple(g for g in structure.groups if g.exact),
+                   skipped=tuple(sorted((*structure.skipped, *inexact))))
+
+
+# --- removal ---------------------------------------------------------------------------------------------
+
+
+def remove(model: nn.Module, plans: Sequence[GroupPlan], example: torch.Tensor) -> None:
+    """Removes the planned channels physically: smaller convs/norms/linears, consumers lose their inputs,
+    attention modules lose whole heads (their head count follows)."""
+    expected = _output_shape(model, example)
+    names = {module: name for name, module in model.named_modules()}
+    with _analysis("channel removal", names, GRAPH_BUDGET_S):
+        dg, _ = _trace(model, example)
+        modules = dict(model.named_modules())
+        # Every group is resolved on the unpruned graph, then each (tensor, pruning function) is cut once
+        # with the union of its indices: all indices stay in the original coordinates (a BatchNorm after a
+        # DenseNet concatenation holds channels of many groups), and the graph's mapping stays valid.
+        merged: dict[tuple[Any, Any], tuple[Any, set[int]]] = {}
+        for plan in plans:
+            root = modules[plan.group.root]
+            prune_out = dg.get_pruner_of_module(root).prune_out_channels
+            for dep, idxs in dg.get_pruning_group(root, prune_out, list(plan.pruned)):
+                merged.setdefault((dep.target, dep.handler), (dep, set()))[1].update(idxs)
+        everything = tp.dependency.Group()
+        everything._DG = dg
+        for dep, idxs in merged.values():
+            everything.add_dep(dep, sorted(idxs))
+        everything.prune(record_history=False)
+    sync_heads(model, [h for plan in plans for h in plan.group.heads])
+    try:
+        shape = _output_shape(model, example)
+    except RuntimeError as exc:  # shape errors inside the user's graph
+        shape, reason = (), str(exc).splitlines()[0]
+    else:
+        reason = f"it now outputs {shape} instead of {expected}"
+    if shape != expected:
+        raise UnsupportedOp(
+            f"removing channels broke the model ({reason}): the graph probably fixes a channel count in a "
+            "constant, such as a Reshape to a fixed shape. Flatten with a dynamic shape "
+            "(torch.flatten(x, 1)) before exporting, or use an unstructured method (magnitude, weightmom)")
+
+
+def iter_members(plans: Sequence[GroupPlan], model: nn.Module) -> Iterator[tuple[nn.Module, list[int], bool]]:
+    """Yields (module, its own pruned indices, is_norm) for every layer and norm the plans touch."""
+    modules = dict(model.named_modules())
+    for plan in plans:
+        for member in plan.group.layers:
+            yield modules[member.name], member.pruned(plan.pruned), False
+        for member in plan.group.norms:
+            yield modules[member.name], member.pruned(plan.pruned), True
+
