@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service.api.deps import AppContext
 from service.api.errors import install_error_handlers
+from service.api.openapi import install_openapi
 from service.api.routes_dashboard import router as dashboard_router
 from service.api.routes_events import router as events_router
 from service.api.routes_health import router as health_router
@@ -68,4 +69,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(dashboard_router)
     install_metrics(app)  # GET /metrics and the HTTP latency middleware
+    install_openapi(app)  # our error shape and the job config's schema in /openapi.json
     return app

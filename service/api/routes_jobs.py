@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -13,13 +13,12 @@ from service.api.download_links import DownloadLink, LinkTokenDep, create_link, 
 from service.api.submit_guard import Admission, admit_submission
 from service.api.uploads import receive_job_upload
 from service.db.models import new_job_id, utcnow
-from service.jobs.schemas import ErrorBody, JobOut, JobPage, job_out
+from service.jobs.schemas import ErrorBody, JobOut, JobPage, JobStatus, job_out
 from service.jobs.service import Download
 from service.limits import poll_headers
 
 __all__ = ["router"]
 
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 ArtifactName = Annotated[str, Path(description="model.onnx or model.onnx.zst", examples=["model.onnx"])]
 
 
@@ -47,6 +46,8 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
                                     "description": ".npz (x_train, y_train, x_val, y_val) or an image-folder "
                                                    ".zip/.tar/.tar.gz (train/<class>/, val/<class>/)"},
                         "config": {"type": "string", "description": "the job config as a JSON string",
+                                   "contentMediaType": "application/json",
+                                   "contentSchema": {"$ref": "#/components/schemas/JobConfig"},
                                    "example": _CONFIG_EXAMPLE},
                     },
                 },

@@ -1,0 +1,103 @@
+"""The OpenAPI document, told what FastAPI cannot see: the real error shape and the job config's schema.
+
+FastAPI documents its own 422 (`{"detail": [...]}`) on every operation with parameters, but
+`api/errors.py` answers every error as `{"error": {"code", "message"}}`; and the job config travels as a
+JSON string inside a multipart part, so its schema (pydantic, `workers/compression/config.py`) would
+otherwise never reach generated clients. Both are fixed here once, when the document is first built;
+examples are added here too, after FastAPI's encoding, which drops every null from a model's examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from workers.compression.config import METHOD_OPTIONS, METHOD_TARGETS, JobConfig
+
+__all__ = ["CONFIG_EXAMPLES", "JOB_EXAMPLE", "install_openapi"]
+
+_REF = "#/components/schemas/{model}"
+_ERROR_REF = _REF.format(model="ErrorBody")
+_FASTAPI_422 = {_REF.format(model="HTTPValidationError")}
+CONFIG_EXAMPLES: list[dict[str, Any]] = [
+    {"method": "l1", "architecture": "resnet56", "target": {"pruning_ratio": 0.5},
+     "finetune": {"epochs": 10, "lr": 0.01, "batch_size": 128}, "seed": 0},
+    {"method": "tpp", "target": {"flops_reduction": 2.0}, "options": {"reg_epochs": 5, "lambda_max": 1.0}},
+    {"method": "weightmom", "target": {"sparsity": 0.9}, "options": {"gamma": 0.5, "interval": 100}},
+]
+
+_EXAMPLE_PATH = "/jobs/7c9e6679-7425-40de-944b-e07fc1f90ae7"
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": _EXAMPLE_PATH.removeprefix("/jobs/"), "status": "running", "stage": "finetuning",
+    "progress": {"fraction": 0.42, "epoch": 3, "epochs": 10, "step": 1170, "eta_s": 95.0,
+                 "metrics": {"loss": 0.61, "accuracy": 0.78, "lr": 0.01}},
+    "config": {"method": "l1", "architecture": "resnet56", "target": {"pruning_ratio": 0.5},
+               "finetune": {"epochs": 10}},
+    "metrics": None, "error": None, "attempt": 1, "created_at": "2026-12-01T10:00:00Z",
+    "started_at": "2026-12-01T10:00:02Z", "finished_at": None,
+    "links": {"self": _EXAMPLE_PATH, "report": None, "model": None, "model_zst": None,
+              "events": f"{_EXAMPLE_PATH}/events", "cancel": f"{_EXAMPLE_PATH}/cancel"},
+}
+
+
+def _use_error_body(doc: dict[str, Any]) -> None:
+    """Points FastAPI's default 422 at our error shape and drops its now unused schemas."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422")
+            if answer is None:
+                continue
+            schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+            if schema.get("$ref") in _FASTAPI_422:
+                operation["responses"]["422"] = {
+                    "description": "invalid_request: a parameter is invalid (the message names each one)",
+                    "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
+                }
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+
+
+def _method_rules() -> list[dict[str, Any]]:
+    """One if/then per method: its own options schema and the targets it accepts."""
+    return [
+        {"if": {"properties": {"method": {"const": method}}, "required": ["method"]},
+         "then": {"properties": {
+             "options": {"$ref": _REF.format(model=options.__name__)},
+             "target": {"anyOf": [{"required": [kind]} for kind in sorted(METHOD_TARGETS[method])]},
+         }}}
+        for method, options in METHOD_OPTIONS.items()
+    ]
+
+
+def _add_config_schemas(doc: dict[str, Any]) -> None:
+    """Publishes JobConfig and every method's options model under components/schemas."""
+    models: list[type[BaseModel]] = [JobConfig, *METHOD_OPTIONS.values()]
+    _, defs = models_json_schema([(model, "validation") for model in models], ref_template=_REF)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(defs.get("$defs", {}))
+    config = schemas["JobConfig"]
+    config["allOf"] = _method_rules()
+    config["examples"] = CONFIG_EXAMPLES
+    config["properties"]["options"]["description"] = (
+        "method-specific options: " + ", ".join(f"{method} → {options.__name__}"
+                                                for method, options in METHOD_OPTIONS.items()))
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Wraps `app.openapi` so the document FastAPI builds (once, then cached) gets the corrections above."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """Builds and corrects the document on first use; returns the cached one after."""
+        if app.openapi_schema is None:
+            doc = build()  # FastAPI's own, cached by it in app.openapi_schema: corrected in place
+            _use_error_body(doc)
+            _add_config_schemas(doc)
+            doc["components"]["schemas"]["JobOut"]["examples"] = [JOB_EXAMPLE]  # nulls kept (see above)
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
