@@ -27,7 +27,7 @@ _FLAG_FOR = {
     "method": "--method", "architecture": "--architecture",
     "target": "--target-sparsity, --pruning-ratio or --flops-reduction",
     "finetune.epochs": "--epochs", "finetune.batch_size": "--batch-size", "finetune.lr": "--lr",
-    "seed": "--seed",
+    "seed": "--seed", "data.image_size": "--image-size",
 }
 
 
@@ -48,7 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="ONNX, or safetensors + --architecture")
     p.add_argument("--dataset", type=Path, required=True, help=".npz, or image folders in .zip/.tar/.tar.gz")
     p.add_argument("--method", help="weightmom | tpp | magnitude | l1")
-    p.add_argument("--architecture", help="zoo architecture of safetensors weights, e.g. resnet20")
+    p.add_argument("--architecture", help="what safetensors weights belong to: a zoo network (resnet20), "
+                   "torchvision/<builder>, timm/<model>, or hf (a .zip/.tar checkpoint archive)")
+    p.add_argument("--image-size", type=int, help="square side the model is fed (default: the model's own)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to zero (0..1)")
     target.add_argument("--pruning-ratio", type=float, help="layerwise fraction of filters to remove (0..1)")
@@ -102,6 +104,8 @@ def build_config(args: argparse.Namespace) -> JobConfig:
     ) if value is not None}
     if finetune:
         raw["finetune"] = {**(raw.get("finetune") or {}), **finetune}
+    if args.image_size is not None:
+        raw["data"] = {**(raw.get("data") or {}), "image_size": args.image_size}
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:
