@@ -30,12 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("name", ["resnet56", "torchvision/resnet50", "timm/efficientnet_b0", "hf"])
 def test_architecture_forms_are_accepted(name: str) -> None:
     """Zoo names, library builders and `hf` pass the config schema (no torch needed to check them)."""
-    config = JobConfig.model_validate({"method": "l1", "architecture": name, "target": {"pruning_ratio": 0.5}})
+    config = JobConfig.model_validate(
+        {"method": "l1", "architecture": name, "target": {"pruning_ratio": 0.5}}
+    )
     assert str(parse_architecture(config.architecture or "")) == name
 
 
-@pytest.mark.parametrize("name", ["resnet", "timm/", "timm/../evil", "keras/resnet50", "timm/vit.augreg_in21k",
-                                  "torchvision/ResNet50"])
+@pytest.mark.parametrize(
+    "name",
+    ["resnet", "timm/", "timm/../evil", "keras/resnet50", "timm/vit.augreg_in21k", "torchvision/ResNet50"],
+)
 def test_unknown_architecture_forms_are_refused(name: str) -> None:
     """Anything else is a validation error that lists the accepted forms."""
     with pytest.raises(ValidationError, match="torchvision/<builder>"):
@@ -52,39 +56,64 @@ def test_library_preprocessing_defaults_and_overrides() -> None:
     assert (tv.image_size, tv.crop_pct, tv.interpolation) == (224, 224 / 256, "bilinear")
     assert tv.mean == (0.485, 0.456, 0.406)
     mine = tv.overridden(DataOptions(image_size=96, interpolation="bicubic", mean=[0.5] * 3, std=[0.25] * 3))
-    assert (mine.image_size, mine.interpolation, mine.mean, mine.std) == (96, "bicubic", (0.5,) * 3, (0.25,) * 3)
+    assert (mine.image_size, mine.interpolation, mine.mean, mine.std) == (
+        96,
+        "bicubic",
+        (0.5,) * 3,
+        (0.25,) * 3,
+    )
 
 
 def test_hf_preprocessor_config_is_read() -> None:
     """An image processor's size, crop, resample and mean/std come from preprocessor_config.json."""
-    pre = for_architecture(parse_architecture("hf"), hf_config={"image_size": 224}, hf_preprocessor={
-        "size": {"shortest_edge": 256}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
-        "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
-    assert (pre.image_size, pre.crop_pct, pre.interpolation, pre.std) == (224, 224 / 256, "bicubic", (0.5,) * 3)
+    pre = for_architecture(
+        parse_architecture("hf"),
+        hf_config={"image_size": 224},
+        hf_preprocessor={
+            "size": {"shortest_edge": 256},
+            "do_center_crop": True,
+            "crop_size": {"height": 224, "width": 224},
+            "resample": 3,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+        },
+    )
+    assert (pre.image_size, pre.crop_pct, pre.interpolation, pre.std) == (
+        224,
+        224 / 256,
+        "bicubic",
+        (0.5,) * 3,
+    )
 
 
 @pytest.mark.parametrize("suffix", [".zip", ".tar"])
 def test_hf_archive_is_scanned_without_transformers(tmp_path: Path, suffix: str) -> None:
     """Config, image processor and the weights' header come out of a zip or tar (inside one folder)."""
     config, state = tiny_vit()
-    path = write_archive(tmp_path / f"ckpt{suffix}", {"config.json": config, "model.safetensors": state,
-                                                        "preprocessor_config.json": {"resample": 2}})
+    path = write_archive(
+        tmp_path / f"ckpt{suffix}",
+        {"config.json": config, "model.safetensors": state, "preprocessor_config.json": {"resample": 2}},
+    )
     found = hf_archive.scan(path)
     assert found.config["model_type"] == "vit"
     assert found.preprocessor == {"resample": 2}
     assert found.tensors["classifier.weight"]["shape"] == [4, 32]
 
 
-@pytest.mark.parametrize(("files", "message"), [
-    ({"config.json": {"model_type": "vit", "auto_map": {"AutoModel": "evil.Model"}}}, "auto_map"),
-    ({"config.json": {"model_type": "vit"}, "modeling_evil.py": b"import os"}, "holds code"),
-    ({"config.json": {"model_type": "vit"}, "pytorch_model.bin": b"\x80\x04."}, "pickled weights"),
-    ({"config.json": {"model_type": "vit"}}, "lacks model.safetensors"),
-    ({"config.json": {"name": "no type"}}, "model_type"),
-    ({"config.json": b"{not json"}, "not valid JSON"),
-])
-def test_hf_archives_with_code_or_pickles_are_refused(tmp_path: Path, files: dict[str, object],
-                                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"config.json": {"model_type": "vit", "auto_map": {"AutoModel": "evil.Model"}}}, "auto_map"),
+        ({"config.json": {"model_type": "vit"}, "modeling_evil.py": b"import os"}, "holds code"),
+        ({"config.json": {"model_type": "vit"}, "pytorch_model.bin": b"\x80\x04."}, "pickled weights"),
+        ({"config.json": {"model_type": "vit"}}, "lacks model.safetensors"),
+        ({"config.json": {"name": "no type"}}, "model_type"),
+        ({"config.json": b"{not json"}, "not valid JSON"),
+    ],
+)
+def test_hf_archives_with_code_or_pickles_are_refused(
+    tmp_path: Path, files: dict[str, object], message: str
+) -> None:
     """auto_map, code files and pickles are refused before anything is built; so are broken checkpoints."""
     _, state = tiny_vit()
     files = {"model.safetensors": state, **files} if "lacks" not in message else files
@@ -106,15 +135,17 @@ def test_weights_that_do_not_fit_are_refused_before_allocation(tmp_path: Path) -
     model = library_models.build(ref, num_classes=7, image_size=32)
     good = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(good, str(tmp_path / "good.safetensors"))
-    loaded = model_io.load_model(tmp_path / "good.safetensors", architecture=str(ref), input_shape=(3, 32, 32),
-                                 num_classes=4)
+    loaded = model_io.load_model(
+        tmp_path / "good.safetensors", architecture=str(ref), input_shape=(3, 32, 32), num_classes=4
+    )
     assert loaded.num_classes == 7
     torch.testing.assert_close(loaded.module.state_dict()["fc.weight"], good["fc.weight"])
     bad = {k: v for k, v in good.items() if not k.startswith("layer4")}
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(InvalidModel, match="missing keys: layer4"):
-        model_io.load_model(tmp_path / "bad.safetensors", architecture=str(ref), input_shape=(3, 32, 32),
-                            num_classes=4)
+        model_io.load_model(
+            tmp_path / "bad.safetensors", architecture=str(ref), input_shape=(3, 32, 32), num_classes=4
+        )
 
 
 def _dataset(tmp_path: Path, size: int = 24, gray: bool = False) -> Path:
@@ -136,9 +167,33 @@ def test_timm_model_runs_the_whole_chain(tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
     data = _dataset(tmp_path, gray=True)
     out = tmp_path / "out"
-    assert cli.main(["--model", str(tmp_path / "w.safetensors"), "--dataset", str(data), "--architecture",
-                     "timm/resnet10t", "--image-size", "32", "--method", "l1", "--pruning-ratio", "0.5",
-                     "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "--model",
+                str(tmp_path / "w.safetensors"),
+                "--dataset",
+                str(data),
+                "--architecture",
+                "timm/resnet10t",
+                "--image-size",
+                "32",
+                "--method",
+                "l1",
+                "--pruning-ratio",
+                "0.5",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     fed = report["inputs"]["preprocessing"]
     assert (fed["image_size"], fed["channels"], fed["interpolation"]) == (32, 3, "bicubic")
@@ -147,9 +202,21 @@ def test_timm_model_runs_the_whole_chain(tmp_path: Path) -> None:
     assert report["pruned"]["flops"] < report["baseline"]["flops"] / 1.5
     recorded, _ = read_metadata(onnx.load(str(out / "model.onnx")))
     assert recorded == fed
-    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_onnx.py"), str(out / "model.onnx"),
-                            str(data), "--report", str(out / "report.json")],
-                           capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, check=False)
+    check = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "verify_onnx.py"),
+            str(out / "model.onnx"),
+            str(data),
+            "--report",
+            str(out / "report.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT)},
+        check=False,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -157,14 +224,45 @@ def test_hf_archive_runs_the_whole_chain(tmp_path: Path) -> None:
     """A Hugging Face ViT archive is built by transformers from its config, fed at its config's size with
     its processor's mean/std, pruned, exported and verified."""
     config, state = tiny_vit(num_labels=4, image_size=32)
-    archive = write_archive(tmp_path / "vit.zip", {
-        "config.json": config, "model.safetensors": state,
-        "preprocessor_config.json": {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3,
-                                     "image_std": [0.5] * 3, "resample": 2}})
+    archive = write_archive(
+        tmp_path / "vit.zip",
+        {
+            "config.json": config,
+            "model.safetensors": state,
+            "preprocessor_config.json": {
+                "size": {"height": 32, "width": 32},
+                "image_mean": [0.5] * 3,
+                "image_std": [0.5] * 3,
+                "resample": 2,
+            },
+        },
+    )
     out = tmp_path / "out"
-    assert cli.main(["--model", str(archive), "--dataset", str(_dataset(tmp_path)), "--architecture", "hf",
-                     "--method", "magnitude", "--target-sparsity", "0.5", "--epochs", "1", "--batch-size", "64",
-                     "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "--model",
+                str(archive),
+                "--dataset",
+                str(_dataset(tmp_path)),
+                "--architecture",
+                "hf",
+                "--method",
+                "magnitude",
+                "--target-sparsity",
+                "0.5",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["inputs"]["model_format"] == "hf"
     assert report["inputs"]["preprocessing"]["mean"] == [0.5] * 3
