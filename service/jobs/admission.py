@@ -35,6 +35,6 @@ def admit_uploads(*, settings: Settings, sessions: sessionmaker[Session], store:
         return inspect_uploads(store, settings, model=model, dataset=dataset,
                                architecture=config.architecture).dataset_format
     if dataset.format in ZIP_FORMATS:
-        return sniff_zip_dataset(store, dataset.key, dataset.size, dataset.head,
-                                 max_directory=settings.max_zip_directory_bytes)
+        limit = settings.max_zip_directory_bytes
+        return sniff_zip_dataset(store, dataset.key, dataset.size, max_directory=limit)
     return dataset.format

@@ -17,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.jobs.inputs import sniff_zip_dataset
+from service.storage.local import LocalStore
 from tests.security.uploads import image_tar, image_zip, linear_onnx, mlp_safetensors, npz_dataset
 from workers.compression import archives, npz, onnx_import, safetensors_file, sniff
 from workers.compression.errors import UserError
@@ -139,3 +141,15 @@ def test_submit_time_checks_and_worker_loading_of_a_damaged_npz(data: bytes) -> 
         model.write_bytes(linear_onnx().SerializeToString())
         only_typed_errors(lambda p: inspect_inputs(model, p, None), data)
         only_typed_errors(lambda p: load_dataset(p, DataOptions()), data)
+
+
+@FUZZ
+@given(st.one_of(inputs(image_zip()), inputs(npz_dataset())))
+def test_stored_zip_sniff_over_ranges(data: bytes) -> None:
+    """The service's ZIP sniff (zipfile over ranged reads of the stored object): classified or refused."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalStore(Path(tmp))
+        key = "t/j/inputs/dataset"
+        store.put_stream(key, [data])
+        with contextlib.suppress(UserError):
+            assert sniff_zip_dataset(store, key, len(data), max_directory=4096) in ("npz", "zip")
