@@ -1,0 +1,141 @@
+"""docker-compose.yml's topology without Docker: every service as a process, wired the way compose wires it.
+
+- migrate and api: the API image's environment (`scripts/image_requirements.py api`, no torch) with the
+  project's wheel, run as `secateur migrate` then `secateur serve --no-worker`, SECATEUR_AUTH=keys;
+- worker: `secateur worker` from the main venv (the worker image's requirements and more);
+- PostgreSQL, Redis and a SeaweedFS S3 server, as the integration suite provides them.
+A key is created with the CLI; the job is submitted with the CLI, followed over server-sent events,
+then its ONNX is downloaded with the CLI (a presigned S3 redirect) and with the dashboard in headless
+Chromium (a download link streamed through the API), and both copies must be the same valid model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import onnx
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.deploy.conftest import ApiInstall, api_install, project_wheel
+from tests.e2e.browser import Page, chromium
+from tests.e2e.conftest import ApiClient
+from tests.integration.conftest import S3Server, postgres_url, redis_url, s3_settings
+from tests.integration.processes import free_ports, maps_torch, secateur, secateur_env, spawn, stop
+from tests.integration.tiny_job import write_tiny_job
+
+__all__ = ["api_install", "chromium", "postgres_url", "project_wheel", "redis_url", "s3_settings"]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The running stack: the API's URL, a key of tenant `acme`, and the folder holding the logs."""
+
+    url: str
+    key: str
+    logs: Path
+    api_pid: int
+
+
+def backends(postgres_url: str, redis_url: str, s3: S3Server) -> dict[str, str]:
+    """The x-secateur-env block of docker-compose.yml, pointed at this machine's processes."""
+    return {"SECATEUR_DATABASE_URL": postgres_url, "SECATEUR_BROKER_URL": redis_url, **s3.env(),
+            "SECATEUR_S3_PRESIGN_ENDPOINT_URL": s3.endpoint_url, "SECATEUR_AUTH": "keys"}
+
+
+@pytest.fixture
+def topology(api_install: ApiInstall, postgres_url: str, redis_url: str, s3_settings: S3Server,
+             tmp_path: Path) -> Iterator[Topology]:
+    """migrate (one-shot), api and worker, as compose starts them; every process stopped at the end."""
+    env = backends(postgres_url, redis_url, s3_settings)
+
+    def once(*args: str) -> str:
+        """Runs a one-shot command in the API's environment (as compose's migrate service); its stdout."""
+        return subprocess.run(api_install.secateur(*args), env=api_install.env(env), cwd=tmp_path, check=True,
+                              capture_output=True, text=True, timeout=120).stdout
+
+    once("migrate")
+    key = once("keys", "create", "--tenant", "acme").strip().splitlines()[-1]
+    (port,) = free_ports(1)
+    api = spawn(api_install.secateur("serve", "--host", "127.0.0.1", "--port", str(port), "--no-worker"),
+                env=api_install.env(env), log=tmp_path / "api.log", cwd=tmp_path)
+    worker = spawn(secateur(["worker", "--concurrency", "1", "--loglevel=warning"]),
+                   env=secateur_env(env), log=tmp_path / "worker.log", cwd=tmp_path)
+    try:
+        ApiClient(f"http://127.0.0.1:{port}", tmp_path / "api.log").wait_healthy(api)
+        yield Topology(f"http://127.0.0.1:{port}", key, tmp_path, api.pid)
+    finally:
+        stop(worker)
+        stop(api)
+
+
+def cli(top: Topology, *args: str) -> str:
+    """Runs a client command of the main venv's `secateur` against the stack; returns its stdout."""
+    done = subprocess.run(secateur(args), env=secateur_env({"SECATEUR_URL": top.url,
+                                                            "SECATEUR_API_KEY": top.key}),
+                          cwd=top.logs, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, f"{args}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def follow_events(top: Topology, job_id: str) -> list[str]:
+    """Reads GET /jobs/{id}/events with the key until the job is terminal; returns the statuses seen."""
+    statuses: list[str] = []
+    headers = {"Authorization": f"Bearer {top.key}", "Accept": "text/event-stream"}
+    with httpx.stream("GET", f"{top.url}/jobs/{job_id}/events", headers=headers, timeout=120) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                statuses.append(json.loads(line[5:])["status"])
+                if statuses[-1] in ("succeeded", "failed", "cancelled"):
+                    break
+    return statuses
+
+
+async def browser_download(ws_url: str, top: Topology, job_id: str, folder: Path) -> bytes:
+    """Opens the job's page with the key saved in the dashboard, clicks ⬇ model.onnx, returns the file."""
+    async with connect(ws_url, max_size=None) as ws:
+        page = Page(ws)
+        for domain in ("Page", "Runtime", "Log", "DOM"):
+            await page.call(f"{domain}.enable")
+        await page.allow_downloads(folder)
+        await page.goto(f"{top.url}/")
+        await page.js(f"localStorage.setItem('secateur.apiKey', {json.dumps(top.key)})")
+        await page.call("Runtime.evaluate", expression="0")
+        page.errors.clear()  # the job list's 401 before the key was entered, as a user would first see
+        await page.js(f"location.hash = '#/jobs/{job_id}'")
+        button = "document.querySelector('#downloads a[download=\"model.onnx\"]')"
+        await page.wait_for(f"!!{button}", 30, "the job page's download buttons")
+        await page.js(f"{button}.click()")
+        data = await page.downloaded(folder / "model.onnx", 60)
+        await page.call("Runtime.evaluate", expression="0")  # drain events emitted meanwhile
+        assert page.errors == []
+        return data
+
+
+def test_compose_topology_submit_follow_and_download(topology: Topology, chromium: str, tmp_path: Path
+                                                     ) -> None:
+    job = write_tiny_job(tmp_path / "inputs")
+    (tmp_path / "config.json").write_text(job.config)
+    submitted = json.loads(cli(topology, "submit", str(job.model), str(job.dataset), "--config",
+                               str(tmp_path / "config.json"), "--json"))
+    statuses = follow_events(topology, submitted["id"])
+    assert statuses[-1] == "succeeded", (statuses, (topology.logs / "worker.log").read_text()[-3000:])
+    assert "running" in statuses
+
+    (tmp_path / "cli").mkdir()
+    cli(topology, "download", submitted["id"], "-o", str(tmp_path / "cli"))
+    by_cli = (tmp_path / "cli" / "model.onnx").read_bytes()
+    onnx.checker.check_model(onnx.load_from_string(by_cli))
+    (tmp_path / "browser").mkdir()
+    by_browser = asyncio.run(browser_download(chromium, topology, submitted["id"], tmp_path / "browser"))
+    assert by_browser == by_cli
+    assert not maps_torch(topology.api_pid)  # the API ran, validated and served all this without torch
