@@ -104,6 +104,9 @@ def child_env(scratch: Path) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        # torch (imported for zoo weights, via torchvision) picks its compile cache dir at import; without
+        # this it probes tempfile.gettempdir() with a test write, which RLIMIT_FSIZE=0 refuses.
+        "TORCHINDUCTOR_CACHE_DIR": str(scratch / "torch"),
     }
 
 

@@ -297,7 +297,8 @@ async def test_the_child_gets_no_credentials(make_secure_api: AsyncApiFactory,
         assert (await api.submit()).status_code == 202
     [env] = seen
     assert set(env) <= {"PATH", "HOME", "TMPDIR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE",
-                        "LC_ALL", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}
+                        "LC_ALL", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                        "TORCHINDUCTOR_CACHE_DIR"}
     assert not set(secrets.values()) & set(env.values())
     assert env["OMP_NUM_THREADS"] == "1"
 
