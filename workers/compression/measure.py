@@ -1,9 +1,10 @@
 """What a compressed model costs: parameters and nonzeros, MACs, ONNX bytes, onnxruntime latency.
 
 FLOPs are counted as multiply-accumulates (MACs) of Conv and Linear layers for one sample, the pruning
-literature's convention (TPP's "FLOPs"); zeros inside a dense weight still count, because a dense
-runtime still computes them. Latency compares baseline and pruned ONNX models in alternation, so that
-drift of the machine (frequency, other load) hits both sides alike.
+literature's convention (TPP's "FLOPs"), plus the tensor products of attention (q·kᵀ and scores·v,
+and nn.MultiheadAttention's functional in-projection), so that pruned heads count; zeros inside a dense
+weight still count, because a dense runtime still computes them. Latency compares baseline and pruned
+ONNX models in alternation, so that drift of the machine (frequency, other load) hits both sides alike.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from workers.compression.export import INPUT, ort_session
 from workers.compression.methods.masks import weight_layers
@@ -49,8 +52,38 @@ def count_params(model: nn.Module) -> ParamCounts:
     )
 
 
+_PRODUCTS = {torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm}
+
+
+class _ProductMacs(TorchFunctionMode):
+    """Counts multiply-accumulates of the tensor products no Conv/Linear module accounts for: matmul/bmm
+    and scaled-dot-product attention (attention scores and their weighted sum), and F.linear on weights
+    that belong to no nn.Linear (nn.MultiheadAttention's packed in-projection)."""
+
+    def __init__(self, linear_weights: set[int]) -> None:
+        super().__init__()
+        self.linear_weights = linear_weights  # ids of nn.Linear weights: their hooks count them already
+        self.total = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        """Runs `func` and adds its MACs when it is a product of interest."""
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _PRODUCTS:
+            self.total += out.numel() * args[0].shape[-1]  # (..., N, D) @ (..., D, M): N*M outputs, D each
+        elif func is F.scaled_dot_product_attention:
+            q, k, v = (*args, *(kwargs[n] for n in ("query", "key", "value") if n in kwargs))[:3]
+            self.total += q.shape[:-1].numel() * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        elif func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            if id(weight) not in self.linear_weights:
+                self.total += out.numel() * weight.shape[-1]
+        return out
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Returns the multiply-accumulates of Conv and Linear layers for one sample of `input_shape`."""
+    """Returns the multiply-accumulates of Conv and Linear layers, and of attention's tensor products, for
+    one sample of `input_shape`."""
     total = 0
 
     def conv_hook(module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -69,17 +102,18 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         m.register_forward_hook(conv_hook if isinstance(m, nn.modules.conv._ConvNd) else linear_hook)
         for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
     ]
+    products = _ProductMacs({id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)})
     was_training = model.training
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), products:
             model(torch.zeros(1, *input_shape, device=device))  # batch 1: the hooks count one sample
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return total
+    return total + products.total
 
 
 def latency_ms(
