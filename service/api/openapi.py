@@ -42,20 +42,36 @@ JOB_EXAMPLE: dict[str, Any] = {
               "events": f"{_EXAMPLE_PATH}/events", "cancel": f"{_EXAMPLE_PATH}/cancel"},
 }
 
+# A typical answer per status, shown with every error response (codes: README's API section).
+_ERROR_EXAMPLES: dict[str, tuple[str, str]] = {
+    "400": ("bad_request", "the multipart body ended before its closing boundary"),
+    "401": ("unauthorized", "missing or invalid API key: send `Authorization: Bearer sk_...`"),
+    "403": ("storage_quota_exceeded", "your stored uploads would reach 53687091300 bytes; the quota is "
+                                      "53687091200. Delete finished jobs (DELETE /jobs/{id}) to free space"),
+    "404": ("not_found", "no job 7c9e6679-7425-40de-944b-e07fc1f90ae7"),
+    "409": ("not_ready", "job 7c9e6679-7425-40de-944b-e07fc1f90ae7 is running; its report exists once it "
+                         "has succeeded"),
+    "413": ("payload_too_large", "the request body is larger than the limit of 4294967296 bytes"),
+    "415": ("unsupported_model_format", "this model file is a Python pickle (torch.save / .pt / .pth)"),
+    "422": ("invalid_config", "invalid config: target: method 'l1' takes a target of ['flops_reduction', "
+                              "'pruning_ratio'], not 'sparsity'"),
+    "429": ("rate_limited", "too many job submissions; retry in 12 s"),
+    "503": ("database_unavailable", "the database is unavailable; retry shortly"),
+}
 
-def _use_error_body(doc: dict[str, Any]) -> None:
-    """Points FastAPI's default 422 at our error shape and drops its now unused schemas."""
+
+def _error_answers(doc: dict[str, Any]) -> None:
+    """Points FastAPI's default 422 at our error shape, drops its schemas, and gives each error an example."""
     for operations in doc.get("paths", {}).values():
         for operation in operations.values():
-            answer = operation.get("responses", {}).get("422")
-            if answer is None:
-                continue
-            schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
-            if schema.get("$ref") in _FASTAPI_422:
-                operation["responses"]["422"] = {
-                    "description": "invalid_request: a parameter is invalid (the message names each one)",
-                    "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
-                }
+            for status, answer in operation.get("responses", {}).items():
+                body = answer.get("content", {}).get("application/json", {})
+                if body.get("schema", {}).get("$ref") in _FASTAPI_422:
+                    answer["description"] = "a parameter is invalid (the message names each one)"
+                    body["schema"] = {"$ref": _ERROR_REF}
+                if body.get("schema", {}).get("$ref") == _ERROR_REF and status in _ERROR_EXAMPLES:
+                    code, message = _ERROR_EXAMPLES[status]
+                    body["example"] = {"error": {"code": code, "message": message}}
     schemas = doc.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
@@ -95,7 +111,7 @@ def install_openapi(app: FastAPI) -> None:
         """Builds and corrects the document on first use; returns the cached one after."""
         if app.openapi_schema is None:
             doc = build()  # FastAPI's own, cached by it in app.openapi_schema: corrected in place
-            _use_error_body(doc)
+            _error_answers(doc)
             _add_config_schemas(doc)
             doc["components"]["schemas"]["JobOut"]["examples"] = [JOB_EXAMPLE]  # nulls kept (see above)
         return app.openapi_schema or build()

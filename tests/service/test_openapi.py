@@ -42,6 +42,8 @@ def test_every_error_answer_is_documented_in_the_servers_shape(doc: dict[str, An
                 schema = answer.get("content", {}).get("application/json", {}).get("schema")
                 if status.startswith("4"):
                     assert schema == {"$ref": ERROR_REF}, f"{method.upper()} {path} {status}"
+                    example = answer["content"]["application/json"]["example"]
+                    assert set(example["error"]) == {"code", "message"}
                     checked += 1
     assert checked >= 30
 
