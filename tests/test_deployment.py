@@ -30,9 +30,9 @@ def stages(dockerfile: str) -> dict[str, str]:
 def test_compose_has_every_service_with_the_right_image_target(compose: dict[str, Any]) -> None:
     """api/migrate build the torch-free `api` target, the worker `worker`; the backing services exist."""
     services = compose["services"]
-    assert {"api", "migrate", "worker", "postgres", "redis", "minio", "minio-bucket"} <= set(services)
-    assert services["api"]["build"]["target"] == "api"
-    assert services["migrate"]["build"]["target"] == "api"
+    assert {"api", "migrate", "worker", "postgres", "redis", "seaweedfs", "s3-bucket"} <= set(services)
+    for name in ("api", "migrate", "s3-bucket"):
+        assert services[name]["build"]["target"] == "api"
     assert services["worker"]["build"]["target"] == "worker"
     assert services["migrate"]["command"] == ["secateur", "migrate"]
     assert "--no-worker" in services["api"]["command"]
@@ -48,13 +48,15 @@ def test_compose_wires_reliability_and_gpus(compose: dict[str, Any]) -> None:
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert services["worker"]["deploy"]["replicas"] == 1
     for name in ("api", "worker"):
-        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        for first in ("migrate", "s3-bucket"):
+            assert services[name]["depends_on"][first]["condition"] == "service_completed_successfully"
         env = services[name]["environment"]
         assert env["SECATEUR_DATABASE_URL"].startswith("postgresql")
         assert env["SECATEUR_BROKER_URL"].startswith("redis://")
         assert env["SECATEUR_STORAGE_URL"] == "s3://secateur/jobs"
         assert env["SECATEUR_AUTH"] == "keys"  # the API binds 0.0.0.0 in its container
-    assert "local/secateur" in services["minio-bucket"]["entrypoint"][-1]
+    assert 'create_bucket(Bucket="secateur")' in services["s3-bucket"]["command"][-1]
+    assert services["seaweedfs"]["command"][0] == "mini"  # the server tests/e2e/test_compose_topology.py runs
 
 
 def image_requirements(image: str) -> set[str]:

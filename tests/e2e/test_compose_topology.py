@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import onnx
 import pytest
+import yaml
 from websockets.asyncio.client import connect
 
 from tests.deploy.conftest import ApiInstall, api_install, project_wheel
@@ -33,6 +34,8 @@ from tests.integration.tiny_job import write_tiny_job
 __all__ = ["api_install", "chromium", "postgres_url", "project_wheel", "redis_url", "s3_settings"]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(900)]
+
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,13 @@ def test_compose_topology_submit_follow_and_download(topology: Topology, chromiu
     by_browser = asyncio.run(browser_download(chromium, topology, submitted["id"], tmp_path / "browser"))
     assert by_browser == by_cli
     assert not maps_torch(topology.api_pid)  # the API ran, validated and served all this without torch
+
+
+def test_the_processes_get_the_settings_compose_gives_its_containers() -> None:
+    """Every variable of compose's x-secateur-env is set here too, and nothing else; auth is keys in both."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    ours = backends("postgresql+psycopg://db/x", "redis://broker:6379/1",
+                    S3Server("http://s3:8333", "bucket", "key", "secret"))
+    assert set(ours) == set(compose["x-secateur-env"])
+    assert ours["SECATEUR_AUTH"] == compose["x-secateur-env"]["SECATEUR_AUTH"] == "keys"
+    assert "--no-worker" in compose["services"]["api"]["command"]
