@@ -27,9 +27,10 @@ RUN python -m venv /opt/venv \
     && useradd --create-home --uid 10001 secateur
 WORKDIR /app
 # Dependencies come from pyproject.toml alone, so their layers are rebuilt only when it changes.
-COPY pyproject.toml scripts/image_requirements.py ./
-RUN python image_requirements.py api > /tmp/requirements-api.txt \
-    && python image_requirements.py worker > /tmp/requirements-worker.txt
+COPY pyproject.toml ./
+COPY scripts/image_requirements.py scripts/
+RUN python scripts/image_requirements.py api > /tmp/requirements-api.txt \
+    && python scripts/image_requirements.py worker > /tmp/requirements-worker.txt
 
 FROM base AS wheel
 # The project itself, as a wheel: the images hold no source tree, so nothing can import from one.

@@ -70,8 +70,9 @@ def test_each_image_installs_its_scripted_requirements_then_the_wheel() -> None:
     """Both stages install the script's list, then the wheel (no source tree, no editable install)."""
     named = stages((ROOT / "Dockerfile").read_text())
     assert {"base", "wheel", "api", "worker"} <= set(named)
-    assert "image_requirements.py api > /tmp/requirements-api.txt" in named["base"]
-    assert "image_requirements.py worker > /tmp/requirements-worker.txt" in named["base"]
+    assert "COPY scripts/image_requirements.py scripts/" in named["base"]  # beside pyproject.toml, as here
+    assert "python scripts/image_requirements.py api > /tmp/requirements-api.txt" in named["base"]
+    assert "python scripts/image_requirements.py worker > /tmp/requirements-worker.txt" in named["base"]
     assert "pip wheel --no-deps" in named["wheel"]
     for image in ("api", "worker"):
         assert f"pip install -r /tmp/requirements-{image}.txt" in named[image]

@@ -27,11 +27,11 @@ from websockets.asyncio.client import connect
 from tests.deploy.conftest import ApiInstall, api_install, project_wheel
 from tests.e2e.browser import Page, chromium
 from tests.e2e.conftest import ApiClient
-from tests.integration.conftest import S3Server, postgres_url, redis_url, s3_settings
+from tests.integration.conftest import S3Server
 from tests.integration.processes import free_ports, maps_torch, secateur, secateur_env, spawn, stop
 from tests.integration.tiny_job import write_tiny_job
 
-__all__ = ["api_install", "chromium", "postgres_url", "project_wheel", "redis_url", "s3_settings"]
+__all__ = ["api_install", "chromium", "project_wheel"]  # the backing services come from tests/e2e/conftest.py
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(900)]
 
