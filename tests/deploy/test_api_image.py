@@ -7,8 +7,10 @@ service/jobs/sandbox.py runs it) is run in a venv built from `scripts/image_requ
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,15 @@ from tests.deploy.conftest import ApiInstall
 from tests.security.uploads import image_zip, linear_onnx, mlp_safetensors, npz_dataset
 
 pytestmark = pytest.mark.timeout(900)  # a clean clone builds the API venv once (about a minute)
+
+
+def hf_archive() -> bytes:
+    """A Hugging Face checkpoint archive as the API sees it: config.json and model.safetensors in a zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("config.json", json.dumps({"model_type": "vit", "num_labels": 2}))
+        archive.writestr("model.safetensors", mlp_safetensors())
+    return buffer.getvalue()
 
 
 def validate(api: ApiInstall, model: Path, dataset: Path, *extra: str) -> dict[str, Any]:
@@ -45,13 +56,14 @@ def test_the_api_environment_has_no_torch(api_install: ApiInstall, tmp_path: Pat
     ("onnx", "npz", None, "onnx", "npz"),
     ("safetensors", "npz", "mlp", "safetensors", "npz"),
     ("safetensors", "zip", "mlp", "safetensors", "zip"),
+    ("hf", "zip", "hf", "hf", "zip"),
 ])
 def test_the_validator_accepts_each_format_in_the_api_environment(
     api_install: ApiInstall, tmp_path: Path, model: str, dataset: str, architecture: str | None,
     model_format: str, dataset_format: str,
 ) -> None:
     files = {"onnx": lambda: linear_onnx().SerializeToString(), "safetensors": mlp_safetensors,
-             "npz": npz_dataset, "zip": image_zip}
+             "hf": hf_archive, "npz": npz_dataset, "zip": image_zip}
     (tmp_path / "model").write_bytes(files[model]())
     (tmp_path / "dataset").write_bytes(files[dataset]())
     extra = ["--architecture", architecture] if architecture else []
