@@ -13,7 +13,7 @@ from torch import nn
 from tests.engine.conftest import MemoryCheckpoints, TinyResNet
 from workers.compression.config import FinetuneConfig
 from workers.compression.datasets import DatasetBundle
-from workers.compression.errors import InvalidConfig, JobStopped
+from workers.compression.errors import InvalidConfig, InvalidModel, JobStopped
 from workers.compression.hooks import Progress
 from workers.compression.methods.base import StepHooks
 from workers.compression.training import Trainer, learning_rate
@@ -218,8 +218,8 @@ def test_job_stopped_mid_epoch_propagates(image_data: DatasetBundle) -> None:
     assert trainer.history == []
 
 
-def test_divergence_is_a_typed_error(image_data: DatasetBundle) -> None:
-    """A non-finite loss stops training with an actionable InvalidConfig."""
+def test_divergence_after_healthy_steps_blames_the_learning_rate(image_data: DatasetBundle) -> None:
+    """Weights blown up by the updates of a phase that started healthy: the learning rate is the lever."""
 
     class Poison(StepHooks):
         """Turns the weights into NaN after the first step, as a far too high LR would."""
@@ -230,8 +230,49 @@ def test_divergence_is_a_typed_error(image_data: DatasetBundle) -> None:
                 for p in model.parameters():
                     p.fill_(float("nan"))
 
-    with pytest.raises(InvalidConfig, match="lower the learning rate"):
+    with pytest.raises(InvalidConfig, match="lower the learning rate") as caught:
         _trainer(image_data).fit(_model(), phase="p", epochs=1, lr=0.05, schedule="step", hooks=Poison())
+    assert "at step 2" in caught.value.message
+    assert "no longer finite" in caught.value.message
+    assert "no normalization layers" not in caught.value.message  # TinyResNet has BatchNorms
+
+
+class _Overflowing(nn.Module):
+    """Logits of inf - inf: NaN on every batch, with finite weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 3, 8, 8) to NaN logits (B, 4)."""
+        big: torch.Tensor = self.fc(x.flatten(1)) * float("inf")
+        return big - big
+
+
+def test_nan_on_the_first_batch_does_not_blame_the_learning_rate(image_data: DatasetBundle) -> None:
+    """A model whose outputs are not finite before any update is the model's (or data's) problem."""
+    with pytest.raises(InvalidModel, match="before any update") as caught:
+        _trainer(image_data).fit(_Overflowing(), phase="p", epochs=1, lr=1e-6, schedule="step")
+    assert "not the cause" in caught.value.message
+    assert "lower the learning rate" not in caught.value.message
+
+
+def test_non_finite_weights_at_the_start_are_named(image_data: DatasetBundle) -> None:
+    """Weights that arrive holding NaN are refused before training, naming the tensor."""
+    model = _model()
+    with torch.no_grad():
+        model.conv1.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(InvalidModel, match=r"'conv1\.weight' holds NaN or Inf before phase 'p'"):
+        _trainer(image_data).fit(model, phase="p", epochs=1, lr=0.05, schedule="step")
+
+
+def test_blow_up_without_normalization_says_so(flat_data: DatasetBundle, tiny_mlp: nn.Module) -> None:
+    """An unnormalized model that a huge rate blows up: the rate is blamed, and the missing
+    normalization (what an eval-mode ONNX export leaves of a BN network) is named as the reason."""
+    with pytest.raises(InvalidConfig, match="lower the learning rate") as caught:
+        _trainer(flat_data).fit(tiny_mlp, phase="p", epochs=3, lr=1e12, schedule="constant")
+    assert "no normalization layers" in caught.value.message
 
 
 def test_learning_rate_schedules() -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from workers.compression.config import FinetuneConfig
 from workers.compression.datasets import DatasetBundle
-from workers.compression.errors import InvalidConfig
+from workers.compression.divergence import DivergenceWatch, grad_norm
 from workers.compression.hooks import CheckpointStore, Progress, ProgressCallback
 from workers.compression.methods.base import StepHooks
 
@@ -184,6 +184,8 @@ class Trainer:
             return
         if not any(name == phase for name, _ in self._plan):
             self._plan.append((phase, total))
+        watch = DivergenceWatch(phase=phase, classes=self.data.num_classes)
+        watch.start(model)
         model.train()
         for epoch in range(start_epoch + 1, n_epochs + 1):
             t_epoch = time.perf_counter()
@@ -197,18 +199,20 @@ class Trainer:
                 step_lr = learning_rate(lr, schedule, step, total)
                 for group in opt.param_groups:
                     group["lr"] = step_lr
+                watch.check_inputs(x, step + 1)
                 loss = F.cross_entropy(model(x), y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise watch.error(model, step=step + 1, loss=value, lr=step_lr)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 hooks.after_backward(model, step + 1)
+                norm = grad_norm(model)
+                if not math.isfinite(norm):
+                    raise watch.error(model, step=step + 1, loss=norm, lr=step_lr, what="gradient norm")
+                watch.observe(value, norm)
                 opt.step()
                 hooks.after_step(model, opt, step + 1)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise InvalidConfig(
-                        f"training diverged in phase {phase!r} at step {step + 1} (loss {value}); "
-                        "lower the learning rate"
-                    )
                 loss_sum, loss_n, step = loss_sum + value * y.shape[0], loss_n + y.shape[0], step + 1
                 if step == last:
                     break
