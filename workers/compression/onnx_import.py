@@ -1,21 +1,18 @@
 """ONNX uploads: validate the graph as untrusted data, then convert it to a trainable torch module.
 
 `read_onnx`, `signature` and `onnx_input_shape` need only `onnx` (no torch), so a caller can learn a
-model's input shape cheaply; `to_torch` imports torch and onnx2torch when it runs. onnx2torch imports
-torchvision for its NMS/RoiAlign converters; without a working torchvision a stub stands in while it
-imports, and graphs using those two ops are refused as `unsupported_op`.
+model's input shape cheaply; `to_torch` imports torch and onnx2torch when it runs, reads the batch size
+from the input (onnx_shapes.py), puts back the BatchNorms an eval-mode export folded (onnx_batchnorm.py)
+and uses our fixed converters (onnx_converters.py).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import math
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -41,7 +38,6 @@ MAX_INITIALIZERS = 20_000
 MAX_DIM = 1 << 24  # any one tensor dimension
 MAX_TENSOR_ELEMENTS = 1 << 28  # 1 GiB of float32 in one tensor
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
-_TORCHVISION_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})  # onnx2torch runs these with torchvision
 
 
 def read_onnx(path: Path) -> onnx.ModelProto:
@@ -110,14 +106,21 @@ def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
     """Converts a validated model with onnx2torch and proves it runs on a zero batch of 2; float32, eval."""
     import torch
 
-    onnx2torch, stubbed = _onnx2torch()
-    _check_convertible(model, stubbed)
+    from workers.compression.onnx_batchnorm import calibrating_batchnorms, unfold_batchnorms
+    from workers.compression.onnx_shapes import batch_from_input
+
+    onnx2torch = _onnx2torch()
+    _check_convertible(model)
     try:
-        module: nn.Module = onnx2torch.convert(_prepared(model))
+        prepared = _prepared(model)
+        batch_from_input(prepared, input_shape)
+        unfold_batchnorms(prepared)
+        module: nn.Module = onnx2torch.convert(prepared)
     except NotImplementedError as exc:
         raise UnsupportedOp(f"the ONNX graph cannot be converted for training: {exc}") from None
     except Exception as exc:  # onnx2torch raises bare errors of many kinds on graphs it cannot map
         raise InvalidModel(f"the ONNX graph could not be converted to a trainable model: {exc}") from None
+    calibrating_batchnorms(module)
     module = module.float().eval()
     hint = "export it with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'b'}}))"
     try:
@@ -191,17 +194,14 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                     yield from (sparse.values, sparse.indices)
 
 
-def _check_convertible(model: onnx.ModelProto, stubbed: bool) -> None:
-    """Raises UnsupportedOp naming every operator onnx2torch cannot convert (or lacks torchvision for)."""
+def _check_convertible(model: onnx.ModelProto) -> None:
+    """Raises UnsupportedOp naming every operator onnx2torch cannot convert."""
     from onnx2torch.node_converters import get_converter
 
     opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
     missing = set()
     for node in model.graph.node:
         domain = "" if node.domain == "ai.onnx" else node.domain
-        if stubbed and node.op_type in _TORCHVISION_OPS:
-            missing.add(f"{node.op_type} (needs torchvision)")
-            continue
         try:
             get_converter(node.op_type, opsets.get(domain, 1), domain)
         except NotImplementedError:
@@ -243,30 +243,11 @@ def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @functools.cache
-def _onnx2torch() -> tuple[Any, bool]:
-    """Imports onnx2torch, with a torchvision stub when torchvision is absent or broken; (module, stubbed)."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # absent, or built for another torch: any import failure means "not usable"
-        usable = False
-    else:
-        usable = True
-    if usable:
-        return importlib.import_module("onnx2torch"), False
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]  # half-imported leftovers of a broken install
-    stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
-    for op in ("nms", "batched_nms", "box_convert", "roi_align"):
-        setattr(ops, op, _needs_torchvision)
-    stub.ops = ops  # type: ignore[attr-defined]
-    sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
-    try:
-        return importlib.import_module("onnx2torch"), True
-    finally:  # only onnx2torch keeps the stub; nobody else must mistake it for torchvision
-        del sys.modules["torchvision"], sys.modules["torchvision.ops"]
+def _onnx2torch() -> Any:
+    """Imports onnx2torch once, with our converter fixes installed."""
+    import onnx2torch
 
+    from workers.compression.onnx_converters import install
 
-def _needs_torchvision(*_args: object, **_kwargs: object) -> NoReturn:
-    """Stands in for torchvision.ops functions when torchvision is not installed."""
-    raise UnsupportedOp("this model uses NonMaxSuppression or RoiAlign, which need torchvision; "
-                        "it is not available to the engine")
+    install()
+    return onnx2torch
