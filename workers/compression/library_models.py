@@ -12,6 +12,7 @@ import inspect
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,8 +20,9 @@ from torch import nn
 
 from workers.compression.architectures import ArchitectureRef
 from workers.compression.errors import InvalidConfig, InvalidModel
+from workers.compression.safetensors_file import listing
 
-__all__ = ["HfLogits", "build", "classes_from_weights", "finish"]
+__all__ = ["HfLogits", "build", "classes_from_weights", "finish", "load_hf"]
 
 # transformers must never reach the hub: set before it is first imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,8 +141,39 @@ def _with_size(make: Callable[..., nn.Module], options: tuple[dict[str, Any], ..
     return make()
 
 
+def load_hf(folder: Path, config: dict[str, Any]) -> nn.Module:
+    """Loads a checkpoint folder (config.json + model.safetensors) with transformers' own loader, which
+    knows each model type's checkpoint key layout; safetensors only, local files only, no remote code.
+    Any missing, unexpected or mis-shaped weight is refused."""
+    cls, hf_config = _hf_class(config)
+    try:
+        with _quiet():
+            model, info = cls.from_pretrained(
+                str(folder), config=hf_config, local_files_only=True, use_safetensors=True,
+                trust_remote_code=False, output_loading_info=True, attn_implementation="eager",
+                dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise InvalidModel(f"transformers could not load the checkpoint: {str(exc)[:400]}") from None
+    problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    found = [f"{kind.replace('_', ' ')}: {listing([str(k) for k in keys])}"
+             for kind, keys in problems.items() if keys]
+    if found:
+        raise InvalidModel(f"model.safetensors does not fit config.json's {hf_config.model_type!r} model — "
+                           f"{'; '.join(found)}")
+    loaded: nn.Module = model
+    return loaded
+
+
 def _hf(config: dict[str, Any], num_classes: int) -> nn.Module:
     """Builds a transformers image classifier from config.json alone (a model type it implements natively)."""
+    cls, hf_config = _hf_class(config)
+    hf_config.num_labels = num_classes
+    model: nn.Module = cls._from_config(hf_config, attn_implementation="eager", dtype=torch.float32)
+    return model
+
+
+def _hf_class(config: dict[str, Any]) -> tuple[Any, Any]:
+    """Returns the transformers classifier class for config.json and its config object (never remote code)."""
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
@@ -156,10 +189,10 @@ def _hf(config: dict[str, Any], num_classes: int) -> nn.Module:
     wanted = declared[0] if isinstance(declared, list) and declared else None
     cls = getattr(transformers, wanted if wanted in candidates else candidates[0])
     settings = {k: v for k, v in config.items() if k not in ("model_type", "torch_dtype", "dtype")}
-    hf_config = transformers.AutoConfig.for_model(model_type, **settings)
-    hf_config.num_labels = num_classes
-    model: nn.Module = cls._from_config(hf_config, attn_implementation="eager", dtype=torch.float32)
-    return model
+    try:
+        return cls, transformers.AutoConfig.for_model(model_type, **settings)
+    except (TypeError, ValueError) as exc:
+        raise InvalidModel(f"config.json is not a valid {model_type!r} config: {str(exc)[:300]}") from None
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -54,13 +54,22 @@ def load_model(
     if ref.library == "zoo":
         return _load_safetensors(path, architecture, input_shape, num_classes)
     if ref.library != "hf":
-        return _load_library(path, ref, input_shape, num_classes, None)
+        return _load_library(path, ref, input_shape, num_classes)
+    return _load_hf(path, ref, input_shape, num_classes)
+
+
+def _load_hf(path: Path, ref: ArchitectureRef, input_shape: tuple[int, ...], num_classes: int) -> LoadedModel:
+    """Loads a checkpoint archive: its weights streamed out (bounded) beside the checked config, then
+    transformers' own loader (it maps each model type's checkpoint key layout), strictly."""
     checkpoint = hf_archive.scan(path)
     with tempfile.TemporaryDirectory(prefix="secateur-hf-") as tmp:
         weights = hf_archive.extract_weights(path, checkpoint, Path(tmp) / hf_archive.WEIGHTS)
-        loaded = _load_library(weights, ref, input_shape, num_classes, checkpoint.config)
-    loaded.format = "hf"
-    return loaded
+        safetensors_file.read_header(weights)  # the official reader's checks, before transformers reads it
+        module = library_models.load_hf(Path(tmp), checkpoint.config)
+    classes = int(module.config.num_labels)  # type: ignore[union-attr,arg-type]  # transformers checked the rows
+    onnx_import.check_classes(classes, num_classes)
+    module = library_models.finish(ref, module, image_size=input_shape[-1]).float().eval()
+    return LoadedModel(module, "hf", None, input_shape, classes)
 
 
 def model_preprocessing(path: Path, architecture: str | None) -> Preprocessing:
@@ -78,22 +87,22 @@ def model_preprocessing(path: Path, architecture: str | None) -> Preprocessing:
 
 
 def _load_library(weights: Path, ref: ArchitectureRef, input_shape: tuple[int, ...], num_classes: int,
-                  hf_config: dict[str, Any] | None) -> LoadedModel:
+                  ) -> LoadedModel:
     """Builds a library architecture for the weights' class count, checks keys and shapes on the meta
     device, then builds it for real and loads the weights strictly."""
     if len(input_shape) != 3:
         raise InvalidModel(f"{ref} takes images (C, H, W); the data has samples of shape {input_shape}")
     size = input_shape[-1]
     table = safetensors_file.read_header(weights)
-    shape = library_models.build(ref, num_classes=num_classes, image_size=size, hf_config=hf_config,
+    shape = library_models.build(ref, num_classes=num_classes, image_size=size,
                                  device="meta")
     classes = library_models.classes_from_weights(shape, table.shapes, num_classes)
     onnx_import.check_classes(classes, num_classes)
     if classes != num_classes:
-        shape = library_models.build(ref, num_classes=classes, image_size=size, hf_config=hf_config,
+        shape = library_models.build(ref, num_classes=classes, image_size=size,
                                      device="meta")
     _check_keys(shape, table.shapes, str(ref), table.metadata.get("architecture"))
-    module = library_models.build(ref, num_classes=classes, image_size=size, hf_config=hf_config)
+    module = library_models.build(ref, num_classes=classes, image_size=size)
     _load_state(module, weights, table)
     module = library_models.finish(ref, module, image_size=size).float().eval()
     return LoadedModel(module, "safetensors", None, input_shape, classes)

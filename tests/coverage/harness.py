@@ -1,0 +1,391 @@
+"""Model coverage: every library model, saved the way a user saves it, through the whole chain per method.
+
+For each model: build it with random weights (10 classes, a small input), save it as safetensors for
+`torchvision/<name>` / `timm/<name>`, as a checkpoint archive for `hf`, or export it to ONNX; then run
+`compress` (load → prune → finetune steps → ONNX export → onnxruntime parity → report) for each method in a
+child process with a time limit, and record pass, FLOPs reduction, sparsity and seconds, or the error code.
+No per-model code: the same chain runs for all. `python -m tests.coverage.harness --help` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HF_MODELS", "TIMM_MODELS", "Case", "Outcome", "all_cases", "run_cases", "write_table"]
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES, SIZE = 10, 64
+METHODS = ("l1", "tpp", "magnitude", "weightmom")
+ONNX_METHODS = ("magnitude", "l1")
+JOB_LIMIT_S = 600  # "no job takes over 10 minutes on this CPU"
+# The smallest input an architecture takes, where 64 px is below it (test input, not model code).
+MIN_SIZE = {"torchvision/inception_v3": 96}
+# At least 40 timm models across families: CNNs, mobile nets, re-parameterizable nets, transformers, hybrids.
+TIMM_MODELS = (
+    "resnet18",
+    "resnet50d",
+    "resnext26ts",
+    "seresnext26d_32x4d",
+    "regnetx_002",
+    "regnety_002",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "mobilenetv2_050",
+    "mobilenetv3_small_050",
+    "mnasnet_small",
+    "ghostnet_100",
+    "lcnet_050",
+    "tinynet_e",
+    "rexnet_100",
+    "hardcorenas_a",
+    "convnext_atto",
+    "convnextv2_atto",
+    "repvgg_a0",
+    "mobileone_s0",
+    "densenet121",
+    "dla34",
+    "dpn48b",
+    "hrnet_w18_small",
+    "cspresnet50",
+    "xception41",
+    "vit_tiny_patch16_224",
+    "deit_tiny_patch16_224",
+    "deit_tiny_distilled_patch16_224",
+    "beitv2_base_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "mobilevit_xxs",
+    "mobilevitv2_050",
+    "efficientformer_l1",
+    "efficientformerv2_s0",
+    "levit_128s",
+    "edgenext_xx_small",
+    "poolformer_s12",
+    "fastvit_t8",
+    "pit_ti_224",
+    "mixer_s32_224",
+    "resmlp_12_224",
+    "cait_xxs24_224",
+    "coat_lite_tiny",
+)
+# Small configs of each Hugging Face image-classifier type (the weights a user uploads match them).
+HF_MODELS: dict[str, dict[str, Any]] = {
+    "vit": {
+        "image_size": SIZE,
+        "patch_size": 16,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+    },
+    "deit": {
+        "image_size": SIZE,
+        "patch_size": 16,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+    },
+    "convnext": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 2, 1], "image_size": SIZE},
+    "swin": {
+        "image_size": SIZE,
+        "patch_size": 4,
+        "embed_dim": 16,
+        "depths": [1, 1, 2],
+        "num_heads": [2, 2, 4],
+        "window_size": 4,
+    },
+    "resnet": {
+        "embedding_size": 16,
+        "hidden_sizes": [16, 32, 64, 128],
+        "depths": [1, 1, 1, 1],
+        "layer_type": "basic",
+    },
+    "mobilevit": {
+        "image_size": SIZE,
+        "hidden_sizes": [32, 48, 64],
+        "neck_hidden_sizes": [8, 8, 16, 16, 24, 32, 160],
+    },
+    "efficientnet": {
+        "image_size": SIZE,
+        "width_coefficient": 1.0,
+        "depth_coefficient": 0.5,
+        "hidden_dim": 1280,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model as a user would upload it: `torchvision/<name>`, `timm/<name>` or `hf/<type>`, as its
+    library's weights (safetensors / checkpoint archive) or as an ONNX export."""
+
+    model: str
+    source: str  # "weights" or "onnx"
+
+    @property
+    def size(self) -> int:
+        """The input side the model is built and fed at."""
+        return MIN_SIZE.get(self.model, SIZE)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods this case is run with."""
+        return METHODS if self.source == "weights" else ONNX_METHODS
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One model × method: passed, or the error code; what it reached and how long it took."""
+
+    model: str
+    source: str
+    method: str
+    passed: bool
+    code: str  # "ok", an engine error code, "timeout", "crashed" or "internal"
+    flops_reduction: float | None
+    sparsity: float | None
+    seconds: float
+    message: str
+
+
+def all_cases(torchvision_models: Iterable[str] | None = None) -> list[Case]:
+    """Every torchvision classifier, the timm list and the Hugging Face types, as weights and as ONNX."""
+    if torchvision_models is None:
+        import torchvision.models as tvm
+
+        torchvision_models = tvm.list_models(module=tvm)
+    names = [
+        *(f"torchvision/{n}" for n in torchvision_models),
+        *(f"timm/{n}" for n in TIMM_MODELS),
+        *(f"hf/{n}" for n in HF_MODELS),
+    ]
+    return [Case(name, source) for source in ("weights", "onnx") for name in names]
+
+
+def run_cases(cases: Sequence[Case], workdir: Path, *, jobs: int = 1) -> list[Outcome]:
+    """Runs every case in its own child process (`jobs` at a time) and returns all outcomes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = pool.map(lambda item: _run_child(item[1], workdir / f"case{item[0]}"), enumerate(cases))
+        return [outcome for outcomes in results for outcome in outcomes]
+
+
+def _run_child(case: Case, folder: Path) -> list[Outcome]:
+    """Runs one case in a fresh interpreter (one torch thread); a crash or overrun fails its methods."""
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "tests.coverage.harness",
+        "--child",
+        json.dumps(asdict(case)),
+        "--workdir",
+        str(folder),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            check=False,
+            timeout=JOB_LIMIT_S * (len(case.methods) + 1),
+        )
+        stdout, why = done.stdout, f"exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        why = "the case overran its time"
+    outcomes = [Outcome(**json.loads(line)) for line in stdout.splitlines() if line.startswith("{")]
+    seen = {o.method for o in outcomes}
+    elapsed = time.monotonic() - started
+    return outcomes + [
+        Outcome(case.model, case.source, method, False, "crashed", None, None, elapsed, why)
+        for method in case.methods
+        if method not in seen
+    ]
+
+
+def _child(case: Case, folder: Path) -> Iterator[Outcome]:
+    """Inside the child: prepares the upload, then runs each method under the job time limit."""
+    import torch
+
+    from tests.coverage.uploads import prepare, tiny_dataset
+    from workers.compression.config import JobConfig
+    from workers.compression.errors import CompressionError
+    from workers.compression.pipeline import compress
+
+    torch.set_num_threads(1)
+    dataset = tiny_dataset(folder / "data.npz", classes=CLASSES, size=case.size)
+    started = time.monotonic()
+    try:
+        model_path, architecture = prepare(case.model, case.source, folder, classes=CLASSES, size=case.size)
+    except Exception as exc:  # the model cannot be built or exported as a user would: not our chain
+        for method in case.methods:
+            yield Outcome(
+                case.model,
+                case.source,
+                method,
+                False,
+                "export_failed",
+                None,
+                None,
+                time.monotonic() - started,
+                f"{type(exc).__name__}: {str(exc)[:300]}",
+            )
+        return
+    for method in case.methods:
+        target = {"sparsity": 0.9} if method in ("magnitude", "weightmom") else {"pruning_ratio": 0.5}
+        config = JobConfig.model_validate(
+            {
+                "method": method,
+                "architecture": architecture,
+                "target": target,
+                "finetune": {"epochs": 1, "batch_size": 16},
+                "data": {"image_size": case.size},
+            }
+        )
+        started = time.monotonic()
+        signal.alarm(JOB_LIMIT_S)
+        try:
+            result = compress(
+                model_path=model_path,
+                dataset_path=dataset,
+                config=config,
+                out_dir=folder / method,
+                device="cpu",
+            )
+            report = result.report
+            yield Outcome(
+                case.model,
+                case.source,
+                method,
+                True,
+                "ok",
+                report["baseline"]["flops"] / max(report["pruned"]["flops"], 1),
+                report["target"]["achieved"].get("sparsity"),
+                time.monotonic() - started,
+                "",
+            )
+        except CompressionError as exc:
+            yield Outcome(
+                case.model,
+                case.source,
+                method,
+                False,
+                exc.code,
+                None,
+                None,
+                time.monotonic() - started,
+                exc.message[:300],
+            )
+        except TimeoutError:
+            yield Outcome(
+                case.model,
+                case.source,
+                method,
+                False,
+                "timeout",
+                None,
+                None,
+                time.monotonic() - started,
+                f"over {JOB_LIMIT_S} s",
+            )
+        except Exception as exc:  # what a job would report as `internal`
+            yield Outcome(
+                case.model,
+                case.source,
+                method,
+                False,
+                "internal",
+                None,
+                None,
+                time.monotonic() - started,
+                f"{type(exc).__name__}: {str(exc)[:300]}",
+            )
+        finally:
+            signal.alarm(0)
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    """Turns the job time limit into an exception at the next Python step."""
+    raise TimeoutError
+
+
+def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str) -> dict[str, Any]:
+    """Writes docs/coverage.md (totals per family × source × method, then every row); returns the totals."""
+    totals: dict[str, Any] = {}
+    for o in outcomes:
+        family = o.model.split("/")[0]
+        key = f"{family} {o.source} {o.method}"
+        passed, total = totals.get(key, (0, 0))
+        totals[key] = (passed + o.passed, total + 1)
+    lines = [
+        "# Model coverage",
+        "",
+        f"Made by `{command}` (random weights, {CLASSES} classes, {SIZE} px unless "
+        "the model needs more, 1 finetune epoch; the whole chain: load → prune → finetune → ONNX export → "
+        "onnxruntime parity → report). Regenerate it with the same command.",
+        "",
+        "| library | uploaded as | method | passed | share |",
+        "|---|---|---|---|---|",
+    ]
+    for key, (passed, total) in sorted(totals.items()):
+        family, source, method = key.split()
+        lines.append(f"| {family} | {source} | {method} | {passed}/{total} | {passed / total:.0%} |")
+    lines += [
+        "",
+        "| model | uploaded as | method | result | FLOPs reduction | sparsity | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in sorted(outcomes, key=lambda o: (o.model, o.source, o.method)):
+        result = "pass" if o.passed else f"`{o.code}`: {o.message.replace('|', '/')[:160]}"
+        flops = f"{o.flops_reduction:.2f}×" if o.flops_reduction else ""
+        sparsity = f"{o.sparsity:.2f}" if o.sparsity is not None else ""
+        lines.append(
+            f"| {o.model} | {o.source} | {o.method} | {result} | {flops} | {sparsity} | {o.seconds:.0f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return totals
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the coverage suite (or, with --child, one case inside a child process)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.coverage.harness", description=__doc__)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/secateur-coverage"))
+    parser.add_argument("--jobs", type=int, default=2, help="cases at once (one torch thread each)")
+    parser.add_argument("--only", help="run only models whose name contains this text")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "coverage.md")
+    parser.add_argument("--results", type=Path, help="also write every outcome as JSON lines here")
+    args = parser.parse_args(argv)
+    if args.child:
+        signal.signal(signal.SIGALRM, _on_alarm)
+        for outcome in _child(Case(**json.loads(args.child)), args.workdir):
+            print(json.dumps(asdict(outcome)), flush=True)
+        return 0
+    cases = [c for c in all_cases() if args.only is None or args.only in c.model]
+    outcomes = run_cases(cases, args.workdir, jobs=args.jobs)
+    if args.results:
+        args.results.write_text("".join(json.dumps(asdict(o)) + "\n" for o in outcomes))
+    command = "python -m tests.coverage.harness" + (f" --only {args.only}" if args.only else "")
+    for key, (passed, total) in sorted(write_table(outcomes, args.out, command=command).items()):
+        print(f"{key}: {passed}/{total}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
