@@ -140,6 +140,16 @@ def test_submit_wait_shows_progress_and_exits_zero(
     assert row.model_sha256 == hashlib.sha256(inputs[0].read_bytes()).hexdigest()  # uploaded intact
 
 
+def test_wait_json_prints_only_the_final_job(env: Live, capsys: pytest.CaptureFixture[str]) -> None:
+    job_id = env.worker.insert()
+    worker = in_background(run_job(env, "succeeded", job_id))
+    assert main(["status", job_id, "--wait", "--json"]) == 0
+    worker.join(5)
+    final = json.loads(capsys.readouterr().out)  # one JSON document: no summary line
+    assert final["status"] == "succeeded"
+    assert final["links"]["model"] == f"/jobs/{job_id}/artifacts/model.onnx"
+
+
 @pytest.mark.parametrize(("outcome", "code", "message"), [
     ("failed", 1, "error: export_mismatch: ONNX output differs"),
     ("cancelled", 3, "error: cancelled: job"),
