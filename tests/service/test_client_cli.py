@@ -61,8 +61,11 @@ def inputs(tmp_path: Path) -> tuple[Path, Path]:
     return model, dataset
 
 
-def newest_queued(live: Live, timeout_s: float = 10.0) -> str:
-    """Waits for a job to be queued and returns the newest queued job's id."""
+def newest_queued(live: Live, timeout_s: float = 45.0) -> str:
+    """Waits for a job to be queued and returns the newest queued job's id.
+
+    A submission's sandboxed check imports torch in a child: over 10 s on a loaded 2-core machine.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with session_scope(live.worker.context.jobs.sessions) as session:
