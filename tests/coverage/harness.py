@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,6 +210,8 @@ def _run_child(case: Case, folder: Path) -> list[Outcome]:
     except subprocess.TimeoutExpired as exc:
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
         why = "the case overran its time"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # models and artifacts of big networks fill disks
     outcomes = [Outcome(**json.loads(line)) for line in stdout.splitlines() if line.startswith("{")]
     seen = {o.method for o in outcomes}
     elapsed = time.monotonic() - started
@@ -369,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/secateur-coverage"))
     parser.add_argument("--jobs", type=int, default=2, help="cases at once (one torch thread each)")
     parser.add_argument("--only", help="run only models whose name contains this text")
+    parser.add_argument("--source", choices=("weights", "onnx"), help="run only uploads of this kind")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "coverage.md")
     parser.add_argument("--results", type=Path, help="also write every outcome as JSON lines here")
     args = parser.parse_args(argv)
@@ -377,11 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for outcome in _child(Case(**json.loads(args.child)), args.workdir):
             print(json.dumps(asdict(outcome)), flush=True)
         return 0
-    cases = [c for c in all_cases() if args.only is None or args.only in c.model]
+    cases = [c for c in all_cases() if (args.only is None or args.only in c.model)
+             and (args.source is None or c.source == args.source)]
     outcomes = run_cases(cases, args.workdir, jobs=args.jobs)
     if args.results:
         args.results.write_text("".join(json.dumps(asdict(o)) + "\n" for o in outcomes))
-    command = "python -m tests.coverage.harness" + (f" --only {args.only}" if args.only else "")
+    command = " ".join(["python -m tests.coverage.harness", *(argv if argv is not None else sys.argv[1:])])
     for key, (passed, total) in sorted(write_table(outcomes, args.out, command=command).items()):
         print(f"{key}: {passed}/{total}")
     return 0
