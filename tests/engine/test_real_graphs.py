@@ -105,7 +105,7 @@ MODELS: dict[str, tuple[Builder, float]] = {
     "timm/deit_tiny_patch16_224": (_timm("deit_tiny_patch16_224", img_size=64), 1.9),
     "timm/swin_tiny_patch4_window7_224": (_timm("swin_tiny_patch4_window7_224", 112, img_size=112), 1.3),
     "timm/repvgg_a0": (_timm("repvgg_a0"), 3.0),
-    "timm/ghostnet_100": (_timm("ghostnet_100"), 1.2),
+    "timm/ghostnet_100": (_timm("ghostnet_100"), 1.8),
     "timm/mobilevit_xxs": (_timm("mobilevit_xxs", img_size=64), 2.0),
     "timm/efficientformer_l1": (_timm("efficientformer_l1", 224), 1.5),
     "timm/levit_128s": (_timm("levit_128s", img_size=64), 1.3),

@@ -15,6 +15,7 @@ import copy
 import ctypes
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -321,11 +322,12 @@ def _pads_channels(node: Any, rank: int) -> bool:
 
 
 def _is_residual_add(node: Any) -> bool:
-    """Tells whether `node` adds (or subtracts) two feature maps. A product of two (a squeeze-excite gate,
+    """Tells whether `node` adds (or subtracts) two feature maps; CopySlices is an in-place add into a
+    view (GhostNet's `x += shortcut` on a sliced concatenation). A product of two (a squeeze-excite gate,
     attention scores) also ties their channels, but it is part of the block, not a residual stream."""
     grad_fn = node.grad_fn
     return (node.type == OPTYPE.ELEMENTWISE and grad_fn is not None
-            and grad_fn.name().startswith(("AddBackward", "SubBackward"))
+            and grad_fn.name().rsplit("::", 1)[-1].startswith(("AddBackward", "SubBackward", "CopySlices"))
             and sum(i.type != OPTYPE.PARAMETER for i in node.inputs) > 1)
 
 
@@ -343,11 +345,21 @@ _Entry = tuple[str, list[int], list[int]]  # (module name, own indices, torch-pr
 _Constraint = tuple[list[int], list[int], int, int]  # (own indices, tp-root indices, groups, channel count)
 
 
-def _member(entry: _Entry, to_tp: dict[int, int], channels: int) -> Member:
-    """Re-indexes a member by the root's channels."""
+def _members(entry: _Entry, to_tp: dict[int, int], channels: int) -> list[Member]:
+    """Re-indexes a member by the root's channels: k Members of one module when it holds each group
+    channel k times (a depthwise conv after a Ghost module's concatenation of a map and its cheap copy)."""
     name, own, tp_root = entry
-    by_tp = dict(zip(tp_root, own, strict=True))
-    return Member(name, tuple(by_tp[to_tp[c]] for c in range(channels)))
+    by_tp: dict[int, list[int]] = {}
+    for root, index in zip(tp_root, own, strict=True):
+        by_tp.setdefault(root, []).append(index)
+    copies = [sorted(by_tp[to_tp[c]]) for c in range(channels)]
+    return [Member(name, tuple(c[k] for c in copies)) for k in range(len(copies[0]))]
+
+
+def _same_channels(entry: _Entry, root_tp: list[int]) -> bool:
+    """Tells whether a member sees exactly the root's channels, each the same number of times."""
+    counts = Counter(entry[2])
+    return sorted(counts) == sorted(root_tp) and len(set(counts.values())) == 1
 
 
 def _block_layout(ctx: _Context, layers: list[Member], constraints: list[_Constraint],
@@ -416,32 +428,43 @@ def _classify(ctx: _Context, tp_group: Any) -> Group | set[str]:
         return problems or {"no conv/linear in the group"}
     layers.sort(key=lambda m: ctx.order[m[0]])
     _, root_own, root_tp = layers[0]
-    if any(sorted(set(tp_root)) != sorted(root_tp) or len(set(tp_root)) != len(own)
-           for _, own, tp_root in layers + norms):
+    if len(set(root_tp)) != len(root_own) or not all(_same_channels(e, root_tp) for e in layers + norms):
         return {"unmodelled channel mapping (members see different channels)"}
     to_tp = dict(zip(root_own, root_tp, strict=True))  # root's own channel -> tp-root channel
     channels = len(root_own)
-    members = [_member(e, to_tp, channels) for e in layers]
+    members = [m for e in layers for m in _members(e, to_tp, channels)]
     layout = _block_layout(ctx, members, constraints, {t: o for o, t in to_tp.items()}, channels)
     if isinstance(layout, str):
         return {layout}
     repeat, unit, heads = layout
-    return Group(layers[0][0], channels, tuple(members), tuple(_member(e, to_tp, channels) for e in norms),
-                 coupled, repeat=repeat, unit=unit, exact=exact, heads=heads)
+    norm_members = tuple(m for e in norms for m in _members(e, to_tp, channels))
+    return Group(layers[0][0], channels, tuple(members), norm_members, coupled, repeat=repeat, unit=unit,
+                 exact=exact, heads=heads)
 
 
 def _tp_groups(ctx: _Context, skipped: list[tuple[str, str]]) -> Iterator[Any]:
     """Yields torch-pruning's group of each conv/linear's out-channels, once per group, like its
-    `get_all_groups`, except that a group it cannot map (an op whose channels it mis-infers) is skipped with
-    the op named, instead of failing the whole model."""
+    `get_all_groups`, but rooted at the group's first layer in model order (so a Ghost module's primary
+    conv, not the wider depthwise conv after its concatenation, defines the channels), and a group it
+    cannot map (an op whose channels it mis-infers) is skipped with the op named, instead of failing the
+    whole model."""
     dg, visited = ctx.graph, set[nn.Module]()
+
+    def rooted(module: nn.Module) -> Any:
+        """Returns the group of all of `module`'s out-channels."""
+        pruner = dg.get_pruner_of_module(module)
+        return dg.get_pruning_group(module, pruner.prune_out_channels,
+                                    list(range(pruner.get_out_channels(module))))
+
     for module in list(dg.module2node):
         if not isinstance(module, _LAYERS) or module in visited:
             continue
-        pruner = dg.get_pruner_of_module(module)
         try:
-            group = dg.get_pruning_group(module, pruner.prune_out_channels,
-                                         list(range(pruner.get_out_channels(module))))
+            group = rooted(module)
+            outs = [i.dep.target.module for i in group if dg.is_out_channel_pruning_fn(i.dep.handler)]
+            first = min((m for m in outs if isinstance(m, _LAYERS)), key=lambda m: ctx.order[ctx.names[m]])
+            if first is not module:
+                group = rooted(first)
         except Exception as exc:  # torch-pruning's index mapping: IndexError, KeyError, ... on odd ops
             at = _culprit(exc, ctx.names)
             skipped.append((ctx.names.get(module, "?"), f"torch-pruning cannot map its channels "
@@ -578,11 +601,13 @@ def remove(model: nn.Module, plans: Sequence[GroupPlan], example: torch.Tensor) 
 
 
 def iter_members(plans: Sequence[GroupPlan], model: nn.Module) -> Iterator[tuple[nn.Module, list[int], bool]]:
-    """Yields (module, its own pruned indices, is_norm) for every layer and norm the plans touch."""
+    """Yields (module, its own pruned indices, is_norm) for every layer and norm the plans touch, once per
+    module and plan (a module holding a channel twice yields both rows together)."""
     modules = dict(model.named_modules())
     for plan in plans:
-        for member in plan.group.layers:
-            yield modules[member.name], member.pruned(plan.pruned), False
-        for member in plan.group.norms:
-            yield modules[member.name], member.pruned(plan.pruned), True
-
+        for members, is_norm in ((plan.group.layers, False), (plan.group.norms, True)):
+            rows: dict[str, set[int]] = {}
+            for member in members:
+                rows.setdefault(member.name, set()).update(member.pruned(plan.pruned))
+            for name, own in rows.items():
+                yield modules[name], sorted(own), is_norm

@@ -199,13 +199,18 @@ def choose(ctx: PruneContext, options: L1Options, *, exact: bool = False) -> Sel
 
 
 def layer_report(model: nn.Module, plans: Sequence[GroupPlan]) -> list[dict[str, Any]]:
-    """Returns one entry per pruned conv/linear of the dense `model`: kind, channels, kept channels."""
+    """Returns one entry per pruned conv/linear of the dense `model`: kind, channels, kept channels (a layer
+    holding each group channel k times counts k times)."""
     modules = dict(model.named_modules())
-    return [
-        {"name": m.name, "kind": "linear" if isinstance(modules[m.name], nn.Linear) else "conv",
-         "channels": p.group.channels, "kept_channels": p.group.channels - len(p.pruned)}
-        for p in plans for m in p.group.layers
-    ]
+    entries: dict[str, dict[str, Any]] = {}
+    for plan in plans:
+        for member in plan.group.layers:
+            kind = "linear" if isinstance(modules[member.name], nn.Linear) else "conv"
+            entry = entries.setdefault(member.name, {"name": member.name, "kind": kind, "channels": 0,
+                                                     "kept_channels": 0})
+            entry["channels"] += plan.group.channels
+            entry["kept_channels"] += plan.group.channels - len(plan.pruned)
+    return list(entries.values())
 
 
 def finetune(ctx: PruneContext, model: nn.Module) -> float | None:
