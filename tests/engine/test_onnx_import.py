@@ -15,7 +15,7 @@ from torch import nn
 from tests.engine.conftest import TinyResNet
 from tests.engine.model_files import TinyConvNet, export_onnx, onnx_graph_file
 from workers.compression import export, onnx_import
-from workers.compression.errors import InvalidModel, UnsupportedOp
+from workers.compression.errors import CompressionError, InvalidModel, UnsupportedOp
 from workers.compression.onnx_batchnorm import RestoredBatchNorm2d
 
 SHAPE = (3, 8, 8)
@@ -135,13 +135,13 @@ def test_graph_limits_and_io_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         onnx_import.signature(model)
 
 
-def _round_trip(model: nn.Module, shape: tuple[int, ...], tmp_path: Path) -> None:
-    """User export -> import -> parity -> two SGD steps -> our export -> onnxruntime parity."""
-    path = export_onnx(model.eval(), tmp_path / "user.onnx", shape)
+def _round_trip(path: Path, shape: tuple[int, ...], tmp_path: Path, source: nn.Module | None = None) -> None:
+    """Import (matching `source` when given) -> two SGD steps -> our export -> onnxruntime parity."""
     converted = _convert(path, shape)
     x = torch.randn(3, *shape)
-    with torch.no_grad():
-        assert torch.allclose(converted(x), model(x), atol=1e-4, rtol=1e-3)
+    if source is not None:
+        with torch.no_grad():
+            assert torch.allclose(converted(x), source.eval()(x), atol=1e-4, rtol=1e-3)
     converted.train()
     opt = torch.optim.SGD([p for p in converted.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     for _ in range(2):
@@ -156,6 +156,11 @@ def _round_trip(model: nn.Module, shape: tuple[int, ...], tmp_path: Path) -> Non
         expected = converted(x).numpy()
     got = export.ort_session(out, 1).run(None, {"input": x.numpy()})[0]
     assert np.allclose(got, expected, atol=export.ATOL, rtol=export.RTOL)
+
+
+def _user_round_trip(model: nn.Module, shape: tuple[int, ...], tmp_path: Path) -> None:
+    """Exports `model` the way a user does, then round-trips the file against it."""
+    _round_trip(export_onnx(model.eval(), tmp_path / "user.onnx", shape), shape, tmp_path, model)
 
 
 def test_folded_batchnorms_come_back_with_the_same_function(tmp_path: Path) -> None:
@@ -209,7 +214,7 @@ def test_layer_norm_over_symbolic_dims_and_shape_ops_round_trip(tmp_path: Path) 
     """A LayerNorm whose input dims shape inference cannot know, and Shape/Gather ops that onnx2torch
     re-exports with the export's opset, both survive the whole round trip."""
     torch.manual_seed(0)
-    _round_trip(_TokenNorm(), SHAPE, tmp_path)
+    _user_round_trip(_TokenNorm(), SHAPE, tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # timm's own code, at the user's export
@@ -232,4 +237,31 @@ def test_real_architectures_round_trip(library: str, name: str, size: int, tmp_p
 
         kwargs: dict[str, Any] = {"img_size": size} if "deit" in name else {}
         model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
-    _round_trip(model, (3, size, size), tmp_path)
+    _user_round_trip(model, (3, size, size), tmp_path)
+
+
+def _onnx_uploads() -> list[str]:
+    """Every model of the coverage suite's list (torchvision, timm, Hugging Face) that it exports to ONNX."""
+    from tests.coverage.harness import all_cases
+
+    return [case.model for case in all_cases() if case.source == "onnx"]
+
+
+@pytest.mark.coverage
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("model", _onnx_uploads())
+def test_every_onnx_upload_round_trips_or_is_refused_by_name(model: str, tmp_path: Path) -> None:
+    """The dense round trip of the coverage list's ONNX exports: passes, or a typed refusal (xfail with
+    its code), never an untyped crash. A model whose own export fails at this size is not an upload."""
+    from tests.coverage.harness import CLASSES, MIN_SIZE, SIZE
+    from tests.coverage.uploads import prepare
+
+    size = MIN_SIZE.get(model, SIZE)
+    try:
+        path, _ = prepare(model, "onnx", tmp_path, classes=CLASSES, size=size)
+    except Exception as exc:  # the library's model or torch's exporter, before anything of ours runs
+        pytest.skip(f"the model itself does not export at {size} px: {type(exc).__name__}: {exc}")
+    try:
+        _round_trip(path, (3, size, size), tmp_path)
+    except CompressionError as exc:
+        pytest.xfail(f"{exc.code}: {exc.message}")
