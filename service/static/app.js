@@ -433,12 +433,15 @@ function submitCard() {
   const result = h("p", { id: "submit-result" });
   const field = (label, input, cls) => h("label", { class: cls }, label, input);
   const form = h("form", { class: "submit", id: "submit-form" },
-    field("model (ONNX or safetensors)", h("input", { type: "file", name: "model", required: true }), "wide"),
+    field("model (ONNX, safetensors, or a Hugging Face .zip/.tar)", h("input", { type: "file", name: "model", required: true }), "wide"),
     field("dataset (.npz, .zip, .tar.gz)", h("input", { type: "file", name: "dataset", required: true }), "wide"),
     field("method", h("select", { name: "method" }, ["weightmom", "magnitude", "tpp", "l1"].map((m) => h("option", {}, m)))),
-    field("architecture (safetensors only)", h("select", { name: "architecture" }, h("option", { value: "" }, "— from the ONNX file —"),
-      ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg11", "vgg13", "vgg16", "vgg19", "lenet5", "mlp"]
-        .map((a) => h("option", {}, a)))),
+    field("architecture (not for ONNX)", h("input", { name: "architecture", list: "architectures",
+      placeholder: "resnet56, torchvision/resnet50, timm/efficientnet_b0, hf" })),
+    h("datalist", { id: "architectures" },
+      ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg11", "vgg13", "vgg16", "vgg19", "lenet5", "mlp",
+       "torchvision/resnet50", "torchvision/mobilenet_v3_large", "timm/efficientnet_b0", "timm/vit_small_patch16_224", "hf"]
+        .map((a) => h("option", { value: a }))),
     field("target", h("select", { name: "target_kind" }, h("option", { value: "sparsity" }, "sparsity"),
       h("option", { value: "pruning_ratio" }, "pruning ratio"), h("option", { value: "flops_reduction" }, "FLOPs reduction ×"))),
     field("target value", h("input", { name: "target_value", type: "number", step: "any", value: "0.5", required: true })),
