@@ -269,3 +269,17 @@ def test_hf_archive_runs_the_whole_chain(tmp_path: Path) -> None:
     assert report["inputs"]["preprocessing"]["image_size"] == 32
     assert report["verification"]["passed"]
     assert report["pruned"]["nonzero_params"] < report["baseline"]["nonzero_params"]
+
+
+def test_models_over_the_onnx_file_limit_are_refused_before_training(
+    input_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose weights cannot fit one ONNX file fails at load with invalid_model, not in export."""
+    from workers.compression import pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_ONNX_WEIGHT_BYTES", 1024)
+    model, data = input_files
+    config = JobConfig.model_validate({"method": "magnitude", "target": {"sparsity": 0.5}})
+    with pytest.raises(InvalidModel, match="protobuf's 2 GiB limit"):
+        pipeline.compress(model_path=model, dataset_path=data, config=config, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -34,6 +34,7 @@ from workers.compression.training import Trainer, seed_everything
 __all__ = ["OUTPUT_FILES", "TRAIN_SPAN", "CompressionResult", "compress", "resolve_device"]
 
 OUTPUT_FILES = ("model.onnx", "model.onnx.zst", "report.json")
+MAX_ONNX_WEIGHT_BYTES = (2 << 30) - (64 << 20)  # protobuf's limit, less room for the graph itself
 TRAIN_SPAN = (0.05, 0.85)  # share of the whole job that the method's training phases cover
 # Where each non-training stage starts, as a share of the whole job (training fills TRAIN_SPAN).
 STAGE_START = {"loading": 0.0, "evaluating": 0.02, "pruning": TRAIN_SPAN[0], "exporting": TRAIN_SPAN[1],
@@ -98,6 +99,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _check_exportable(model: nn.Module) -> None:
+    """Refuses a model whose weights cannot fit one ONNX file (protobuf stops at 2 GiB), before any work."""
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if weights > MAX_ONNX_WEIGHT_BYTES:
+        raise InvalidModel(f"the model holds {weights / 2**30:.2f} GiB of weights; an exported ONNX file "
+                           f"holds at most {MAX_ONNX_WEIGHT_BYTES / 2**30:.2f} GiB (protobuf's 2 GiB limit): "
+                           "use a smaller variant of the architecture")
+
+
 def _require_file(path: Path, what: str, error: type[InvalidModel] | type[InvalidDataset]) -> None:
     """Refuses a missing input early, with the path in the message."""
     if not path.is_file():
@@ -147,6 +157,7 @@ def _load(model_path: Path, dataset_path: Path, config: JobConfig) -> _Loaded:
         num_classes=data.num_classes,
     )
     loaded.module.eval()
+    _check_exportable(loaded.module)
     _check_fits(loaded.module, data)
     return _Loaded(loaded.module, data, model_format, _fed(preprocessing, data))
 
