@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ __all__ = ["SIGNING_KEY", "DownloadLink", "LinkTokenDep", "create_link", "open_l
 
 SIGNING_KEY = "system/download-links.key"
 _KEY_BYTES = 32
+_TOKEN = re.compile(r"(?P<tenant>[a-z0-9][a-z0-9_-]{0,63})\.(?P<expires>[0-9]{1,12})\.(?P<mac>[0-9a-f]{64})")
 # Declared as a security scheme so OpenAPI says what authorizes the download; a missing token is our 401.
 _link_token = APIKeyQuery(name="token", auto_error=False, scheme_name="DownloadLink",
                           description="the token of a URL from `POST /jobs/{id}/artifacts/{name}/link`")
@@ -67,13 +69,12 @@ def open_link(jobs: JobService, token: str | None, *, job_id: str, name: str) ->
 
 def _verify(store: ObjectStore, token: str, *, job_id: str, name: str) -> str:
     """Returns the tenant a token was signed for; one 401 for malformed, expired or forged tokens."""
-    tenant, _, rest = token.partition(".")
-    expires_text, _, mac = rest.partition(".")
-    key = _read_key(store)
-    if not (expires_text.isdigit() and key is not None and int(expires_text) >= time.time()
-            and hmac.compare_digest(mac, _mac(key, tenant, job_id, name, int(expires_text)))):
+    match = _TOKEN.fullmatch(token)
+    key = _read_key(store) if match else None
+    if not (match and key and int(match["expires"]) >= time.time() and hmac.compare_digest(
+            match["mac"].encode(), _mac(key, match["tenant"], job_id, name, int(match["expires"])).encode())):
         raise Unauthorized("this download link is invalid or has expired; ask for a new one")
-    return tenant
+    return match["tenant"]
 
 
 def _mac(key: bytes, tenant: str, job_id: str, name: str, expires: int) -> str:

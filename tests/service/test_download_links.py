@@ -66,6 +66,8 @@ async def test_a_link_opens_nothing_else(api: Api) -> None:
         f"/jobs/{job_id}/artifacts/model.onnx/download?token={tenant}.{int(expires) + 60}.{mac}",  # longer
         f"/jobs/{job_id}/artifacts/model.onnx/download?token={tenant}.{expires}.{'0' * 64}",
         f"/jobs/{job_id}/artifacts/model.onnx/download?token=garbage",
+        f"/jobs/{job_id}/artifacts/model.onnx/download?token={tenant}.{'9' * 5000}.{mac}",  # int() limit
+        f"/jobs/{job_id}/artifacts/model.onnx/download?token={tenant}.{expires}.{'é' * 64}",  # not ASCII
         f"/jobs/{job_id}/artifacts/model.onnx/download",
     ]
     for url in forged:
