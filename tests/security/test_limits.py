@@ -206,6 +206,18 @@ async def test_two_api_replicas_sharing_redis_spend_one_rate_budget(tmp_path: Pa
 
 
 @pytest.mark.anyio
+async def test_a_rate_limit_store_that_is_down_lets_submissions_through(
+    make_secure_api: AsyncApiFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Fail open: a Redis outage must not stop submissions (nor answer 500); it is logged instead."""
+    async with make_secure_api(rate_limit_url="redis://127.0.0.1:9/0", broker_timeout_s=0.2,
+                               submit_burst=1) as api:
+        answers = [await _refused_config(api) for _ in range(3)]
+    assert [a.status_code for a in answers] == [422, 422, 422]  # past the gate every time
+    assert "rate limit skipped" in caplog.text
+
+
+@pytest.mark.anyio
 async def test_unfinished_jobs_quota_is_a_429(make_secure_api: AsyncApiFactory) -> None:
     async with make_secure_api(max_active_jobs_per_tenant=1) as api:
         plant_job(api, "acme", "running")
