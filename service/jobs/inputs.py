@@ -16,7 +16,7 @@ from service.storage.base import ObjectStore
 from workers.compression.architectures import check_model_format
 from workers.compression.config import JobConfig
 from workers.compression.errors import InvalidConfig, InvalidDataset
-from workers.compression.sniff import HEAD_BYTES, _zip_dataset, _zip_kind, sniff_dataset, sniff_model
+from workers.compression.sniff import HEAD_BYTES, classify_zip_dataset, sniff_dataset, sniff_model
 from workers.compression.zip_errors import ZIP_OPEN_ERRORS
 
 __all__ = ["HEAD_BYTES", "ZIP_FORMATS", "check_model_fits", "parse_config", "sniff_head", "sniff_zip_dataset"]
@@ -65,4 +65,4 @@ def sniff_zip_dataset(store: ObjectStore, key: str, size: int, *, max_directory:
                              "it has too many files") from None
     except ZIP_OPEN_ERRORS:
         raise InvalidDataset("the ZIP archive is truncated or corrupt (unreadable member list)") from None
-    return _zip_dataset(_zip_kind(names))  # the engine's own classification by member names
+    return classify_zip_dataset(names)  # the engine's own classification by member names

@@ -22,6 +22,7 @@ from workers.compression.zip_errors import ZIP_OPEN_ERRORS
 __all__ = [
     "HEAD_BYTES",
     "MAX_SAFETENSORS_HEADER",
+    "classify_zip_dataset",
     "sniff_dataset",
     "sniff_dataset_file",
     "sniff_model",
@@ -144,6 +145,12 @@ def _sniff_plain_dataset(head: bytes) -> DatasetFormat:
                              "arrays with numpy.savez (x_train, y_train, x_val, y_val) instead")
     raise InvalidDataset("unrecognized dataset format; upload .npz (x_train, y_train, x_val, y_val) or an "
                          "image-folder archive (.zip, .tar, .tar.gz with train/<class>/ and val/<class>/)")
+
+
+def classify_zip_dataset(names: list[str]) -> DatasetFormat:
+    """Returns "npz" or "zip" (image folder) for a ZIP dataset from its member names; refuses PyTorch
+    archives. For callers that list a stored ZIP themselves (the service, over ranged reads)."""
+    return _zip_dataset(_zip_kind(names))
 
 
 def _zip_dataset(kind: ZipKind) -> DatasetFormat:
