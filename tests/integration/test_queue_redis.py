@@ -83,7 +83,8 @@ def test_worker_takes_wakeups_from_redis_and_runs_each_job_once(
         job = wait_until(finished, timeout_s=40, what="the job to finish", alive=worker, log=log)
         assert job.status == "failed"
         # A ZIP model is read as a checkpoint archive, which the job's zoo architecture does not take.
-        assert job.error_code in {"invalid_config", "invalid_model", "unsupported_model_format"}, job.error_message
+        typed = {"invalid_config", "invalid_model", "unsupported_model_format"}
+        assert job.error_code in typed, job.error_message
         # Let the two duplicate wake-ups be consumed too, then check they changed nothing.
         wait_until(lambda: True if log.read_text().count("duplicate wake-up ignored") == 2 else None,
                    timeout_s=30, what="the duplicate wake-ups", alive=worker, log=log)
