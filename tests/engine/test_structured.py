@@ -299,6 +299,8 @@ def test_l1_end_to_end(image_data: DatasetBundle) -> None:
     assert 0.0 <= report["accuracy_after_removal"] <= 1.0
     assert report["flops_reduction"]["requested"] is None
     assert report["flops_reduction"]["measured"] > 1.0
+    assert report["groups"] == 2
+    assert report["coupled_groups"].startswith("left alone")  # TinyResNet's residual stream holds the stem
     _, plans = plans_for(dense, IMAGE_SHAPE, 0.5)  # the same L1 selection, made on an untouched copy
     assert report["removed_channels"] == {p.group.root: list(p.pruned) for p in plans}
 
