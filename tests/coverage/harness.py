@@ -80,23 +80,11 @@ TIMM_MODELS = (
     "coat_lite_tiny",
 )
 # Small configs of each Hugging Face image-classifier type (the weights a user uploads match them).
+_VIT_LIKE = {"image_size": SIZE, "patch_size": 16, "hidden_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "intermediate_size": 128}
 HF_MODELS: dict[str, dict[str, Any]] = {
-    "vit": {
-        "image_size": SIZE,
-        "patch_size": 16,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 128,
-    },
-    "deit": {
-        "image_size": SIZE,
-        "patch_size": 16,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 128,
-    },
+    "vit": _VIT_LIKE,
+    "deit": _VIT_LIKE,
     "convnext": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 2, 1], "image_size": SIZE},
     "swin": {
         "image_size": SIZE,

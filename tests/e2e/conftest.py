@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,10 +13,10 @@ import httpx
 import numpy as np
 
 from tests.integration.conftest import postgres_url, redis_url, s3_settings
-from tests.integration.processes import tail, wait_until
+from tests.integration.processes import free_ports, secateur, secateur_env, spawn, stop, tail, wait_until
 from tests.integration.tiny_job import TinyJob
 
-__all__ = ["ApiClient", "postgres_url", "redis_url", "s3_settings"]
+__all__ = ["ApiClient", "embedded_server", "postgres_url", "redis_url", "s3_settings"]
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -88,3 +91,18 @@ def seconds_between(start: str, end: str) -> float:
     from datetime import datetime
 
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+@contextmanager
+def embedded_server(tmp_path: Path) -> Iterator[tuple[ApiClient, subprocess.Popen[bytes]]]:
+    """Runs `secateur serve` (embedded default, its own worker) under `tmp_path/data` until the block ends."""
+    port = free_ports(1)[0]
+    log = tmp_path / "serve.log"
+    server = spawn(secateur(["serve", "--data-dir", str(tmp_path / "data"), "--port", str(port)]),
+                   env=secateur_env(), log=log, cwd=tmp_path)
+    try:
+        api = ApiClient(f"http://127.0.0.1:{port}", log)
+        api.wait_healthy(server)
+        yield api, server
+    finally:
+        stop(server)

@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.e2e.conftest import ApiClient, ort_accuracy, seconds_between
-from tests.integration.processes import (
-    descendants,
-    free_ports,
-    secateur,
-    secateur_env,
-    spawn,
-    stop,
-    wait_until,
-)
+from tests.e2e.conftest import embedded_server, ort_accuracy, seconds_between
+from tests.integration.processes import descendants, wait_until
 from tests.integration.tiny_job import write_tiny_job
 
 pytestmark = pytest.mark.e2e
@@ -27,14 +19,9 @@ pytestmark = pytest.mark.e2e
 def test_serve_alone_compresses_a_model_that_runs_in_onnxruntime(tmp_path: Path) -> None:
     """POST → succeeded → the downloaded ONNX scores the reported accuracy; serve stops its worker on exit."""
     tiny = write_tiny_job(tmp_path / "inputs")
-    port = free_ports(1)[0]
-    log = tmp_path / "serve.log"
-    server = spawn(secateur(["serve", "--data-dir", str(tmp_path / "data"), "--port", str(port)]),
-                   env=secateur_env(), log=log, cwd=tmp_path)
-    try:
-        api = ApiClient(f"http://127.0.0.1:{port}", log)
-        api.wait_healthy(server)
-        assert f"Uvicorn running on http://127.0.0.1:{port}" in log.read_text()  # loopback by default
+    with embedded_server(tmp_path) as (api, server):
+        log = api.log
+        assert f"Uvicorn running on {api.base_url}" in log.read_text()  # loopback by default
         job_id = api.submit(tiny)["id"]
         job = api.wait_finished(job_id)
         assert job["status"] == "succeeded", job["error"]
@@ -56,5 +43,3 @@ def test_serve_alone_compresses_a_model_that_runs_in_onnxruntime(tmp_path: Path)
         assert server.wait(30) is not None
         wait_until(lambda: True if not any(os.path.exists(f"/proc/{pid}") for pid in family) else None,
                    timeout_s=20, what="the embedded worker to stop with serve", log=log)
-    finally:
-        stop(server)

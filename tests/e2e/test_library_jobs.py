@@ -10,8 +10,7 @@ import onnx
 import pytest
 from safetensors.torch import save_file
 
-from tests.e2e.conftest import ApiClient
-from tests.integration.processes import free_ports, secateur, secateur_env, spawn, stop
+from tests.e2e.conftest import embedded_server
 from tests.integration.tiny_job import TinyJob
 from workers.compression.architectures import parse_architecture
 from workers.compression.library_models import build
@@ -39,13 +38,7 @@ def _timm_job(folder: Path) -> TinyJob:
 def test_timm_weights_through_the_api(tmp_path: Path) -> None:
     """POST timm weights → succeeded → the ONNX says how to feed it (the model's preprocessing at 32 px)."""
     job = _timm_job(tmp_path / "inputs")
-    port = free_ports(1)[0]
-    log = tmp_path / "serve.log"
-    server = spawn(secateur(["serve", "--data-dir", str(tmp_path / "data"), "--port", str(port)]),
-                   env=secateur_env(), log=log, cwd=tmp_path)
-    try:
-        api = ApiClient(f"http://127.0.0.1:{port}", log)
-        api.wait_healthy(server)
+    with embedded_server(tmp_path) as (api, _):
         job_id = api.submit(job)["id"]
         finished = api.wait_finished(job_id, timeout_s=300)
         assert finished["status"] == "succeeded", finished["error"]
@@ -55,5 +48,3 @@ def test_timm_weights_through_the_api(tmp_path: Path) -> None:
         fed, _ = read_metadata(onnx.load_from_string(api.download(f"/jobs/{job_id}/artifacts/model.onnx")))
         assert fed == report["inputs"]["preprocessing"]
         assert (fed["image_size"], fed["source"]) == (32, "timm's config for resnet10t")
-    finally:
-        stop(server)

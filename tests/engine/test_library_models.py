@@ -160,40 +160,23 @@ def _dataset(tmp_path: Path, size: int = 24, gray: bool = False) -> Path:
     return path
 
 
+def _compress(model: Path, data: Path, architecture: str, *args: str) -> Path:
+    """Runs `secateur compress` for one cheap epoch on CPU; returns the output folder."""
+    out = model.parent / "out"
+    common = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--out", str(out)]
+    assert cli.main(["--model", str(model), "--dataset", str(data), "--architecture", architecture, *args,
+                     *common]) == 0
+    return out
+
+
 def test_timm_model_runs_the_whole_chain(tmp_path: Path) -> None:
     """timm weights + grayscale data at another size: the data is fitted to the model (3 channels, 32 px),
     the job finishes verified, and report and ONNX metadata carry the preprocessing that the script reads."""
     model = library_models.build(parse_architecture("timm/resnet10t"), num_classes=4, image_size=32)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
     data = _dataset(tmp_path, gray=True)
-    out = tmp_path / "out"
-    assert (
-        cli.main(
-            [
-                "--model",
-                str(tmp_path / "w.safetensors"),
-                "--dataset",
-                str(data),
-                "--architecture",
-                "timm/resnet10t",
-                "--image-size",
-                "32",
-                "--method",
-                "l1",
-                "--pruning-ratio",
-                "0.5",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "64",
-                "--device",
-                "cpu",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    flags = ("--image-size", "32", "--method", "l1", "--pruning-ratio", "0.5")
+    out = _compress(tmp_path / "w.safetensors", data, "timm/resnet10t", *flags)
     report = json.loads((out / "report.json").read_text())
     fed = report["inputs"]["preprocessing"]
     assert (fed["image_size"], fed["channels"], fed["interpolation"]) == (32, 3, "bicubic")
@@ -237,32 +220,7 @@ def test_hf_archive_runs_the_whole_chain(tmp_path: Path) -> None:
             },
         },
     )
-    out = tmp_path / "out"
-    assert (
-        cli.main(
-            [
-                "--model",
-                str(archive),
-                "--dataset",
-                str(_dataset(tmp_path)),
-                "--architecture",
-                "hf",
-                "--method",
-                "magnitude",
-                "--target-sparsity",
-                "0.5",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "64",
-                "--device",
-                "cpu",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    out = _compress(archive, _dataset(tmp_path), "hf", "--method", "magnitude", "--target-sparsity", "0.5")
     report = json.loads((out / "report.json").read_text())
     assert report["inputs"]["model_format"] == "hf"
     assert report["inputs"]["preprocessing"]["mean"] == [0.5] * 3
