@@ -12,9 +12,9 @@ anything torch-pruning raises becomes an `UnsupportedOp` naming the module or op
 from __future__ import annotations
 
 import copy
-import ctypes
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -119,7 +119,8 @@ class GroupPlan:
 
 
 class _Overrun(BaseException):
-    """Raised inside the analysing thread by the watchdog when the budget is spent (never escapes)."""
+    """Raised when an analysis has spent its budget; a BaseException, so that handlers of torch-pruning's
+    own errors let it through (it never escapes `_analysis`)."""
 
 
 def _culprit(exc: BaseException, names: dict[Any, str]) -> str:
@@ -140,36 +141,28 @@ def _culprit(exc: BaseException, names: dict[Any, str]) -> str:
     return "an unnamed op"
 
 
+_deadline = threading.local()  # .at: monotonic deadline of the analysis running in this thread, if any
+
+
+def _check_deadline() -> None:
+    """Raises `_Overrun` when this thread's analysis has spent its budget (a no-op outside one)."""
+    at = getattr(_deadline, "at", None)
+    if at is not None and time.monotonic() > at:
+        raise _Overrun
+
+
 @contextmanager
 def _analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[None]:
     """Runs the body under a wall-clock budget and maps whatever torch-pruning raises to UnsupportedOp.
 
-    The tracer's index mapping recurses in pure Python and can run for minutes on one call, so a watchdog
-    thread raises `_Overrun` inside this thread (PyThreadState_SetAsyncExc: delivered between bytecodes).
+    The budget is checked cooperatively, at every dependency torch-pruning adds to a group (where its
+    search once grew for 15+ minutes) and between groups: an exception injected from another thread could
+    land inside a context manager's exit and leave process-wide state (a torch function mode) behind.
     """
-    thread, lock, done = threading.get_ident(), threading.Lock(), threading.Event()
-    state = {"finished": False, "fired": False}
-
-    def watchdog() -> None:
-        """Interrupts the analysing thread once the budget is spent, unless it has finished."""
-        if done.wait(budget_s):
-            return
-        with lock:
-            if not state["finished"]:
-                state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(_Overrun))
-
-    timer = threading.Thread(target=watchdog, name="graph-budget", daemon=True)
-    timer.start()
+    outer = getattr(_deadline, "at", None)
+    _deadline.at = time.monotonic() + budget_s if outer is None else min(outer, time.monotonic() + budget_s)
     try:
-        try:
-            yield
-        finally:
-            with lock:
-                state["finished"] = True
-                if state["fired"]:  # raised but maybe not delivered yet: cancel it
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None)
-            done.set()
+        yield
     except _Overrun as exc:
         raise UnsupportedOp(
             f"{what} exceeded its {budget_s:g} s budget at {_culprit(exc, names)}: the graph is too large or "
@@ -181,20 +174,24 @@ def _analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[Non
         raise UnsupportedOp(
             f"{what} failed at {_culprit(exc, names)} ({type(exc).__name__}: {first}); use an unstructured "
             "method (magnitude, weightmom) for this model") from exc
+    finally:
+        _deadline.at = outer
 
 
-def _patch_index_mapping() -> None:
-    """Two guards around torch-pruning 1.6's index mapping (idempotent; graphs built elsewhere behave as
-    before but for the first guard):
+def _patch_torch_pruning() -> None:
+    """Three guards around torch-pruning 1.6 (idempotent; outside our analyses it behaves as before but for
+    the first guard):
     - it divides by a channel count of zero it infers for a view that splits the channel dim (a channel
       shuffle) and dies with ZeroDivisionError: such a view gets no mapping, and `_classify` refuses the
       groups through it (it sees the split);
     - it recomputes every mapping of the graph on each group query, quadratic in the graph (DenseNet-121:
       20 s of 29): a graph flagged `secateur_mapped` (ours: groups are queried, then pruned at once) keeps
-      the mapping computed when it was built."""
+      the mapping computed when it was built;
+    - its group search has no bound: each dependency it adds checks the running analysis's budget."""
     if getattr(index_mapping.update_index_mapping, "secateur_guarded", False):
         return
     reshape, update = index_mapping.update_reshape_index_mapping, index_mapping.update_index_mapping
+    add_dep = tp.dependency.Group.add_dep
 
     def guarded_reshape(graph: Any, node: Any) -> None:
         """Maps the reshape, or leaves it unmapped when torch-pruning's channel inference gives zero."""
@@ -208,12 +205,18 @@ def _patch_index_mapping() -> None:
         if not getattr(graph, "secateur_mapped", False):
             update(graph)
 
+    def bounded_add_dep(group: Any, dep: Any, idxs: Any) -> None:
+        """Adds a dependency to a group being searched, if the running analysis has budget left."""
+        _check_deadline()
+        add_dep(group, dep, idxs)
+
     cached_update.secateur_guarded = True  # type: ignore[attr-defined]
     index_mapping.update_reshape_index_mapping = guarded_reshape
     index_mapping.update_index_mapping = cached_update
+    tp.dependency.Group.add_dep = bounded_add_dep
 
 
-_patch_index_mapping()
+_patch_torch_pruning()
 
 
 class _ChannelSplits(TorchFunctionMode):
@@ -259,7 +262,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[Any, set[Any]]:
             # the identity through the concat/split around it, torch-pruning's group search grows without
             # bound (ShuffleNet V2: 15+ minutes, 2 GB).
             node.dependencies = []
-    graph.secateur_mapped = True  # nothing is pruned before every group is known: see _patch_index_mapping
+    graph.secateur_mapped = True  # nothing is pruned before every group is known: see _patch_torch_pruning
     return graph, recorder.splits
 
 
@@ -297,6 +300,7 @@ def _edge_layers(dg: Any) -> set[nn.Module]:
 
     edges: set[nn.Module] = set()
     for module, node in dg.module2node.items():
+        _check_deadline()
         if not isinstance(module, _LAYERS):
             continue
         first_conv = not isinstance(module, nn.Linear) and not reaches_layer(node, forward=False)
@@ -457,6 +461,7 @@ def _tp_groups(ctx: _Context, skipped: list[tuple[str, str]]) -> Iterator[Any]:
                                     list(range(pruner.get_out_channels(module))))
 
     for module in list(dg.module2node):
+        _check_deadline()
         if not isinstance(module, _LAYERS) or module in visited:
             continue
         try:
