@@ -265,3 +265,23 @@ def test_every_onnx_upload_round_trips_or_is_refused_by_name(model: str, tmp_pat
         _round_trip(path, (3, size, size), tmp_path)
     except CompressionError as exc:
         pytest.xfail(f"{exc.code}: {exc.message}")
+
+
+class _SamePadClamp(nn.Module):
+    """A 'same'-padded conv (exported with auto_pad) and a clamp with only an upper bound (Clip, no min)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 4, padding="same")
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 3, H, W) to (B, 4)."""
+        out: torch.Tensor = self.fc(self.conv(x).clamp(max=0.5).mean(dim=(2, 3)))
+        return out
+
+
+def test_same_padding_and_one_sided_clip_round_trip(tmp_path: Path) -> None:
+    """Two things onnx2torch refused on its own: auto_pad SAME_UPPER and Clip without a min."""
+    torch.manual_seed(0)
+    _user_round_trip(_SamePadClamp(), SHAPE, tmp_path)

@@ -34,6 +34,8 @@ def install() -> None:
         _register("Reshape", version, _reshape)
     for version in (8, 13):
         _register("Expand", version, _expand)
+    for version in (11, 12, 13):
+        _register("Clip", version, _clip)
 
 
 def _export_opset() -> int:
@@ -77,6 +79,42 @@ def _layer_norm(node: Any, graph: Any) -> Any:
             norm.bias.copy_(consts[1])
     mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
     return OperationConverterResult(torch_module=norm, onnx_mapping=mapping)
+
+
+def _clip(node: Any, graph: Any) -> Any:
+    """Converts Clip (opset 11+), where an absent min or max is an empty input name.
+
+    onnx2torch looks the empty name up as a constant and gives up ("Dynamic value of min/max"), which
+    refused every `clamp(x, max=...)` (Swin V2's logit scale); computed bounds become module inputs.
+    """
+    from onnx2torch.node_converters.clip import _create_torch_module
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+
+    x, *bounds = node.input_values
+    names = [*bounds, "", ""][:2]
+    try:
+        low, high = (float(get_const_value(name, graph)) if name else None for name in names)
+    except KeyError:  # a bound computed in the graph
+        mapping = OnnxMapping(inputs=(x, *(name for name in names if name)), outputs=node.output_values)
+        module: nn.Module = TensorClip(has_min=bool(names[0]), has_max=bool(names[1]))
+        return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+    mapping = OnnxMapping(inputs=(x,), outputs=node.output_values)
+    return OperationConverterResult(torch_module=_create_torch_module(low, high), onnx_mapping=mapping)
+
+
+class TensorClip(nn.Module):
+    """ONNX Clip with bounds computed in the graph (tensors, each optional)."""
+
+    def __init__(self, *, has_min: bool, has_max: bool) -> None:
+        super().__init__()
+        self.has_min, self.has_max = has_min, has_max
+
+    def forward(self, x: torch.Tensor, *bounds: torch.Tensor) -> torch.Tensor:
+        """Clamps `x` to the given bounds (min first when both are present)."""
+        given = iter(bounds)
+        low = next(given) if self.has_min else None
+        high = next(given) if self.has_max else None
+        return torch.clamp(x, low, high)
 
 
 def _shape(node: Any, graph: Any) -> Any:

@@ -2,8 +2,8 @@
 
 `read_onnx`, `signature` and `onnx_input_shape` need only `onnx` (no torch), so a caller can learn a
 model's input shape cheaply; `to_torch` imports torch and onnx2torch when it runs, reads the batch size
-from the input (onnx_shapes.py), puts back the BatchNorms an eval-mode export folded (onnx_batchnorm.py)
-and uses our fixed converters (onnx_converters.py).
+from the input (onnx_shapes.py), spells out SAME padding (onnx_pads.py), puts back the BatchNorms an
+eval-mode export folded (onnx_batchnorm.py) and uses our fixed converters (onnx_converters.py).
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
     import torch
 
     from workers.compression.onnx_batchnorm import calibrating_batchnorms, unfold_batchnorms
+    from workers.compression.onnx_pads import explicit_pads
     from workers.compression.onnx_shapes import batch_from_input
 
     onnx2torch = _onnx2torch()
@@ -114,6 +115,7 @@ def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
     try:
         prepared = _prepared(model)
         batch_from_input(prepared, input_shape)
+        explicit_pads(prepared)
         unfold_batchnorms(prepared)
         module: nn.Module = onnx2torch.convert(prepared)
     except NotImplementedError as exc:
