@@ -37,6 +37,7 @@ def resnet20_onnx(tmp_path: Path) -> Path:
     return export_onnx(model, tmp_path / "resnet20.onnx", (3, 32, 32))
 
 
+@pytest.mark.timeout(1800)  # ~3 minutes on an idle CPU: seven regularization epochs, one finetune epoch
 @pytest.mark.filterwarnings("ignore::UserWarning")  # onnx2torch's Slice indexing, torch's Slice folding note
 def test_tpp_on_an_onnx_resnet_does_not_diverge(resnet20_onnx: Path, tmp_path: Path) -> None:
     """TPP, ratio 0.5, default options, one finetune epoch: finishes and keeps the network working."""
