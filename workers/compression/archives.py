@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BufferedIOBase, BytesIO
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -28,9 +28,8 @@ from workers.compression.errors import InvalidDataset, UserError
 from workers.compression.zip_errors import ZIP_OPEN_ERRORS, ZIP_READ_ERRORS
 
 __all__ = [
-    "DEFAULT_LIMITS", "ArchiveLimits", "FolderSummary", "check_member_name", "read_image_folder",
-    "read_labelled_folder",
-    "scan_image_folder",
+    "DEFAULT_LIMITS", "ArchiveLimits", "FolderSummary", "Member", "check_member_name", "iter_members",
+    "pixel_cap", "read_image_folder", "read_labelled_folder", "scan_image_folder",
 ]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -69,6 +68,25 @@ class FolderSummary:
     val_images: int
 
 
+@dataclass(frozen=True)
+class Member:
+    """One regular file of an archive: its name, its bytes (maybe only the first), where its data starts."""
+
+    name: str
+    data: bytes
+    offset: int  # byte offset of the data in the (decompressed) tar stream; -1 in a ZIP (found by name)
+    size: int  # the whole member's bytes, even when `data` holds only its head
+
+
+def iter_members(path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimits = DEFAULT_LIMITS,
+                 *, head: int | None = None, tee: BinaryIO | None = None) -> Iterator[Member]:
+    """Yields every regular file after checking its name, type and sizes; `head` reads only that many first
+    bytes of each; `tee` receives the whole decompressed tar stream (an on-disk copy to seek in later)."""
+    if kind == "zip":
+        return _zip_members(path, limits, head)
+    return _tar_members(path, kind == "tar.gz", limits, head, tee)
+
+
 # One image as the walk yields it: (class name, member name, pixels or None when only probed).
 _Found = dict[str, list[tuple[str, str, np.ndarray | None]]]
 
@@ -101,9 +119,9 @@ def _walk(path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimi
     """Reads every member under the limits; decodes the images (or reads only their headers), one size."""
     found: _Found = {split: [] for split in _SPLITS}
     decoded, shape = 0, None
-    members = _zip_members(path, limits) if kind == "zip" else _tar_members(path, kind == "tar.gz", limits)
-    with _pixel_cap(limits.max_image_pixels):
-        for name, data in members:
+    with pixel_cap(limits.max_image_pixels):
+        for member in iter_members(path, kind, limits):
+            name, data = member.name, member.data
             place = _place(name)
             if place is None:
                 continue
@@ -124,8 +142,8 @@ def _walk(path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimi
     return found, shape
 
 
-def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
-    """Yields (name, bytes) of a ZIP's regular files after checking each entry's name, type and sizes."""
+def _zip_members(path: Path, limits: ArchiveLimits, head: int | None) -> Iterator[Member]:
+    """Yields the members of a ZIP's regular files after checking each entry's name, type and sizes."""
     try:
         zf = zipfile.ZipFile(path)
     except ZIP_OPEN_ERRORS as exc:
@@ -158,17 +176,19 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes
                                      "bomb is refused")
             try:
                 with zf.open(info) as f:
-                    yield info.filename, f.read(limits.max_member_bytes + 1)
+                    data = f.read(head or limits.max_member_bytes + 1)
             except ZIP_READ_ERRORS as exc:
                 raise InvalidDataset(f"{info.filename} cannot be read from the ZIP ({exc})") from None
+            yield Member(info.filename, data, -1, info.file_size)
 
 
-def _tar_members(path: Path, gz: bool, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
-    """Yields (name, bytes) of a tar's regular files, streaming it once through a bounded reader."""
+def _tar_members(path: Path, gz: bool, limits: ArchiveLimits, head: int | None, tee: BinaryIO | None,
+                 ) -> Iterator[Member]:
+    """Yields a tar's regular files, streaming it once through a bounded reader."""
     with path.open("rb") as raw:
         source: BufferedIOBase = gzip.GzipFile(fileobj=raw) if gz else raw
         # Headers (even PAX ones) are read through the bound too, not only the members we look at.
-        bounded = _BoundedReader(source, raw, limits)
+        bounded = _BoundedReader(source, raw, limits, tee)
         count = total = 0
         try:
             with tarfile.open(fileobj=bounded, mode="r|") as tf:  # type: ignore[call-overload]
@@ -185,7 +205,8 @@ def _tar_members(path: Path, gz: bool, limits: ArchiveLimits) -> Iterator[tuple[
                     total += member.size
                     _check_size(member.name, member.size, total, limits)
                     f = tf.extractfile(member)
-                    yield member.name, f.read(member.size) if f is not None else b""
+                    data = f.read(min(head or member.size, member.size)) if f is not None else b""
+                    yield Member(member.name, data, member.offset_data, member.size)
         except (tarfile.TarError, zlib.error, gzip.BadGzipFile, EOFError, OSError) as exc:
             raise InvalidDataset(f"the tar archive is truncated or corrupt ({exc})") from None
 
@@ -193,8 +214,9 @@ def _tar_members(path: Path, gz: bool, limits: ArchiveLimits) -> Iterator[tuple[
 class _BoundedReader:
     """A read-only stream that stops a decompression bomb: caps bytes produced and their ratio to input."""
 
-    def __init__(self, source: BufferedIOBase, raw: BufferedIOBase, limits: ArchiveLimits) -> None:
-        self.source, self.raw, self.limits = source, raw, limits
+    def __init__(self, source: BufferedIOBase, raw: BufferedIOBase, limits: ArchiveLimits,
+                 tee: BinaryIO | None = None) -> None:
+        self.source, self.raw, self.limits, self.tee = source, raw, limits, tee
         self.produced = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -208,6 +230,8 @@ class _BoundedReader:
         if self.produced > _RATIO_FLOOR and self.produced > self.limits.max_ratio * consumed:
             raise InvalidDataset(f"the archive expands more than {self.limits.max_ratio:g} times its "
                                  "compressed size: a decompression bomb is refused")
+        if self.tee is not None:
+            self.tee.write(data)
         return data
 
 
@@ -246,7 +270,7 @@ def _place(name: str) -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def _pixel_cap(pixels: int) -> Iterator[None]:
+def pixel_cap(pixels: int) -> Iterator[None]:
     """Sets Pillow's decompression-bomb threshold to `pixels` and makes its warning an error, for a while."""
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = pixels

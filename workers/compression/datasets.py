@@ -1,15 +1,23 @@
-"""Datasets for training and evaluation: `.npz` and image-folder archives, normalized, optionally augmented.
+"""Datasets for training and evaluation: `.npz`, image folders and Parquet, normalized, optionally augmented.
 
-Samples stay in memory in their stored dtype (uint8 images cost a quarter of float32); each batch is
-scaled, normalized and, for training images, augmented on the fly with index tensors (no per-sample loops).
+Every consumer (trainer, verification, measurement) reads a `DatasetBundle`: sample shape, classes, sample
+counts and `batches(...)`. Two kinds exist:
+- `ArrayBundle`: samples in memory in their stored dtype (uint8 images cost a quarter of float32); each
+  batch is scaled, normalized and, for training images, augmented on the fly with index tensors (CIFAR's
+  pad-4 random crop + flip). `.npz` files, and image datasets of small same-size images (sides of at most
+  IN_MEMORY_SIDE px, decoded within IN_MEMORY_BYTES: CIFAR- and MNIST-like), which keep their benchmarks'
+  meaning;
+- `streaming.StreamingBundle`: every other image dataset, decoded per batch from the stored file with the
+  model's own transforms (random-resized crop + flip to train, resize + center crop to evaluate).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,33 +28,83 @@ from workers.compression.config import DataOptions
 from workers.compression.errors import InvalidDataset
 from workers.compression.preprocessing import Preprocessing, resize_center_crop
 
-__all__ = ["MAX_NPZ_BYTES", "PAD", "DatasetBundle", "from_arrays", "load_dataset"]
+__all__ = ["IN_MEMORY_BYTES", "IN_MEMORY_SIDE", "MAX_NPZ_BYTES", "PAD", "ArrayBundle", "DatasetBundle",
+           "from_arrays", "load_dataset"]
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
 PAD = 4  # pixels of zero padding before the random crop (the CIFAR convention)
 MAX_NPZ_BYTES = npz.DEFAULT_NPZ_LIMITS.max_total_bytes  # uncompressed bytes an .npz may hold
+IN_MEMORY_SIDE = 64  # same-size images up to this side are decoded once and kept in memory
+IN_MEMORY_BYTES = 1 << 30  # ... when all of them decode within this many bytes
 
 
-@dataclass
-class DatasetBundle:
-    """Train and validation splits held in memory, with the normalization every batch gets."""
+@dataclass(kw_only=True)
+class DatasetBundle(ABC):
+    """Train and validation splits with the normalization every batch gets: what every consumer reads."""
+
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, applied after `scale`
+    std: tuple[float, ...]
+    scale: float  # 1/255 for uint8 images, 1.0 for float data
+    augment: bool  # random augmentation of image training batches
+    class_names: list[str] | None = None  # label i's name, where the dataset names its classes
+    facts: dict[str, Any] = field(default_factory=dict)  # format, split, skipped images: for the report
+
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Returns one sample's shape, e.g. (3, 32, 32)."""
+
+    @property
+    @abstractmethod
+    def train_samples(self) -> int:
+        """Returns the number of training samples."""
+
+    @property
+    @abstractmethod
+    def val_samples(self) -> int:
+        """Returns the number of validation samples."""
+
+    @abstractmethod
+    def batches(
+        self,
+        split: Literal["train", "val"],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields normalized (x, y) batches on `device`; train batches are augmented when `augment`.
+
+        Every sample is yielded once per pass; the last batch may be smaller than `batch_size`.
+        """
+
+
+@dataclass(kw_only=True)
+class ArrayBundle(DatasetBundle):
+    """Train and validation splits held in memory; training images get CIFAR's pad-4 crop + flip."""
 
     x_train: torch.Tensor  # (N, C, H, W) uint8 or float32, or (N, F) for flat data; not yet normalized
     y_train: torch.Tensor  # (N,) int64
     x_val: torch.Tensor
     y_val: torch.Tensor
-    num_classes: int
-    mean: tuple[float, ...]  # per channel, applied after `scale`
-    std: tuple[float, ...]
-    scale: float  # 1/255 for uint8 images, 1.0 for float data
-    augment: bool  # random crop (pad 4) + horizontal flip on image training batches
-    class_names: list[str] | None = None  # label i's name, where the dataset names its classes
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Returns one sample's shape, e.g. (3, 32, 32)."""
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def train_samples(self) -> int:
+        """Returns the number of training samples."""
+        return int(self.x_train.shape[0])
+
+    @property
+    def val_samples(self) -> int:
+        """Returns the number of validation samples."""
+        return int(self.x_val.shape[0])
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Returns `x` as normalized float32: (x * scale - mean) / std per channel."""
@@ -65,10 +123,7 @@ class DatasetBundle:
         generator: torch.Generator | None = None,
         device: torch.device | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yields normalized (x, y) batches on `device`; train batches are augmented when `augment`.
-
-        Every sample is yielded once per pass; the last batch may be smaller than `batch_size`.
-        """
+        """Yields normalized (x, y) batches on `device`; train batches get pad-4 crop + flip if `augment`."""
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
         n = x.shape[0]
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -99,7 +154,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torc
 def from_arrays(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
     options: DataOptions, *, default_norm: Norm | None = None, preprocessing: Preprocessing | None = None,
-) -> DatasetBundle:
+) -> ArrayBundle:
     """Validates arrays (NCHW or NHWC, uint8 or float) and builds a bundle; mean/std from options, else the
     model's `preprocessing`, else `default_norm` (an architecture's training convention), else computed on
     the train split. Images are fitted to the model's channels and image size (resize + center crop)."""
@@ -124,7 +179,7 @@ def from_arrays(
         norm, source = _train_stats(xt, scale), ""
     if source and len(norm[0]) not in (1, channels):
         raise InvalidDataset(f"{source} has {len(norm[0])} values but the images have {channels} channel(s)")
-    return DatasetBundle(x_train=xt, y_train=yt, x_val=xv, y_val=yv, num_classes=num_classes,
+    return ArrayBundle(x_train=xt, y_train=yt, x_val=xv, y_val=yv, num_classes=num_classes,
                          mean=norm[0], std=norm[1], scale=scale, augment=options.augment)
 
 
@@ -179,19 +234,22 @@ def _train_stats(x: torch.Tensor, scale: float) -> Norm:
 
 
 def load_dataset(path: Path, options: DataOptions, *, default_norm: Norm | None = None,
-                 preprocessing: Preprocessing | None = None) -> DatasetBundle:
-    """Loads `.npz` or an image-folder archive (`.zip`, `.tar`, `.tar.gz`) safely; raises InvalidDataset."""
+                 preprocessing: Preprocessing | None = None, seed: int = 0) -> DatasetBundle:
+    """Loads `.npz`, an image-folder archive (`.zip`, `.tar`, `.tar.gz`) or Parquet safely; `seed` splits off
+    the validation images of data that has none. Raises InvalidDataset."""
     from workers.compression.sniff import sniff_dataset_file
 
     kind = sniff_dataset_file(path)
     if kind == "npz":
-        return from_arrays(*_read_npz(path), options, default_norm=default_norm, preprocessing=preprocessing)
-    from workers.compression.archives import read_labelled_folder
+        bundle = from_arrays(*_read_npz(path), options, default_norm=default_norm,
+                             preprocessing=preprocessing)
+        bundle.facts = {"format": "npz", "split": {"val_from": "x_val/y_val", "train": bundle.train_samples,
+                                                   "val": bundle.val_samples}, "unreadable": []}
+        return bundle
+    from workers.compression import image_data
 
-    arrays, classes = read_labelled_folder(path, kind)
-    bundle = from_arrays(*arrays, options, default_norm=default_norm, preprocessing=preprocessing)
-    bundle.class_names = classes
-    return bundle
+    index = image_data.index_dataset(path, kind, seed=seed)
+    return image_data.from_index(index, options, default_norm=default_norm, preprocessing=preprocessing)
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

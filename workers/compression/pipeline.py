@@ -151,7 +151,7 @@ def _load(model_path: Path, dataset_path: Path, config: JobConfig) -> _Loaded:
     _require_file(dataset_path, "dataset", InvalidDataset)
     model_format = sniff.sniff_model_file(model_path)
     preprocessing = model_io.model_preprocessing(model_path, config.architecture).overridden(config.data)
-    data = datasets.load_dataset(dataset_path, config.data, preprocessing=preprocessing)
+    data = datasets.load_dataset(dataset_path, config.data, preprocessing=preprocessing, seed=config.seed)
     loaded = model_io.load_model(
         model_path, architecture=config.architecture, input_shape=data.input_shape,
         num_classes=data.num_classes,
@@ -224,7 +224,7 @@ def compress(
         "model_format": loaded.model_format, "architecture": config.architecture,
         "dataset_sha256": sha256_file(dataset_path), "dataset_bytes": dataset_path.stat().st_size,
         "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-        "train_samples": int(data.x_train.shape[0]), "val_samples": int(data.x_val.shape[0]),
+        "train_samples": data.train_samples, "val_samples": data.val_samples, **data.facts,
         "normalization": {"mean": list(data.mean), "std": list(data.std), "scale": data.scale},
         "preprocessing": loaded.preprocessing, "class_names": data.class_names,
     }

@@ -24,6 +24,7 @@ from workers.compression.datasets import DatasetBundle
 from workers.compression.divergence import DivergenceWatch, grad_norm
 from workers.compression.hooks import CheckpointStore, Progress, ProgressCallback
 from workers.compression.methods.base import StepHooks
+from workers.compression.throughput import TimedBatches
 
 __all__ = ["CHECKPOINT_VERSION", "EVAL_BATCH_SIZE", "Trainer", "learning_rate", "seed_everything"]
 
@@ -132,7 +133,7 @@ class Trainer:
     @property
     def steps_per_epoch(self) -> int:
         """Returns the optimizer steps in one epoch at the configured batch size."""
-        return math.ceil(self.data.x_train.shape[0] / self.finetune.batch_size)
+        return math.ceil(self.data.train_samples / self.finetune.batch_size)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -192,9 +193,9 @@ class Trainer:
             first, last = (epoch - 1) * spe, min(epoch * spe, total)  # this epoch's steps [first, last)
             loss_sum, loss_n = 0.0, 0
             step = first
-            batches = self.data.batches(
+            batches = TimedBatches(self.data.batches(
                 "train", self.finetune.batch_size, shuffle=True, generator=self.generator, device=self.device
-            )
+            ))
             for x, y in batches:  # x (B, C, H, W) or (B, F), y (B,)
                 step_lr = learning_rate(lr, schedule, step, total)
                 for group in opt.param_groups:
@@ -216,16 +217,18 @@ class Trainer:
                 loss_sum, loss_n, step = loss_sum + value * y.shape[0], loss_n + y.shape[0], step + 1
                 if step == last:
                     break
-                self._emit(stage, phase, epoch, n_epochs, step, total, {"loss": value, "lr": step_lr})
+                self._emit(stage, phase, epoch, n_epochs, step, total,
+                           {"loss": value, "lr": step_lr, **batches.metrics()})
+            speed = batches.metrics()  # the training pass only, before evaluation
             accuracy, mean_loss = self.evaluate(model), loss_sum / max(loss_n, 1)
             self._history.append({
                 "phase": phase, "epoch": epoch, "loss": mean_loss, "accuracy": accuracy,
-                "lr": step_lr, "seconds": time.perf_counter() - t_epoch,
+                "lr": step_lr, "seconds": time.perf_counter() - t_epoch, **speed,
             })
             if epoch == n_epochs:
                 self._done.append(phase)
             self._save(model, phase, epoch, opt, hooks)
-            metrics = {"loss": mean_loss, "accuracy": accuracy, "lr": step_lr}
+            metrics = {"loss": mean_loss, "accuracy": accuracy, "lr": step_lr, **speed}
             self._emit(stage, phase, epoch, n_epochs, step, total, metrics, epoch_end=True)
         if phase not in self._done:  # a phase of zero steps
             self._done.append(phase)
