@@ -15,7 +15,7 @@ from torch.nn.utils import prune
 
 from tests.engine.conftest import IMAGE_SHAPE, TinyResNet
 from workers.compression.datasets import DatasetBundle
-from workers.compression.errors import ExportMismatch
+from workers.compression.errors import ExportMismatch, UnsupportedOp
 from workers.compression.export import (
     IR_VERSION,
     OPSET,
@@ -123,3 +123,12 @@ def test_zstd_copy_round_trips(tmp_path: Path, trained_cnn: TinyResNet) -> None:
     blob = (tmp_path / "m.onnx.zst").read_bytes()
     assert size == len(blob)
     assert zstandard.ZstdDecompressor().decompress(blob) == path.read_bytes()
+
+
+def test_an_op_the_exporter_cannot_express_is_unsupported_op(tmp_path: Path) -> None:
+    """AlexNet's 6x6 adaptive pool over a 1x1 map (an upsampling pool) is a typed refusal, not internal."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
+                          nn.Linear(144, 2))
+    with pytest.raises(UnsupportedOp, match="adaptive_avg_pool2d"):
+        export_onnx(model, (3, 4, 4), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -103,9 +103,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> N
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
                 do_constant_folding=True,
             )
-    except torch.onnx.errors.UnsupportedOperatorError as exc:
+    except torch.onnx.errors.OnnxExporterError as exc:  # an op or an argument the exporter cannot express
         path.unlink(missing_ok=True)
-        raise UnsupportedOp(f"the pruned model cannot be exported to ONNX opset {OPSET}: {exc}") from None
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedOp(f"the model cannot be exported to ONNX opset {OPSET}: {first}") from None
     finally:
         model.train(was_training)
     proto = onnx.load(str(path))
