@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 ModelFormat = Literal["onnx", "safetensors", "hf"]  # hf: a checkpoint archive (ZIP or tar)
-DatasetFormat = Literal["npz", "zip", "tar", "tar.gz"]
+# parquet: one Parquet file; parquet.zip / parquet.tar: Hugging Face-layout Parquet files in an archive.
+DatasetFormat = Literal["npz", "zip", "tar", "tar.gz", "parquet", "parquet.zip", "parquet.tar"]
 ZipKind = Literal["npz", "torch", "torchscript", "pt2", "other"]
 
 HEAD_BYTES = 64 * 1024  # how much of a file the sniffers look at
@@ -40,6 +41,7 @@ MAX_SAFETENSORS_HEADER = 8 * 1024 * 1024
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _GZIP_MAGIC = b"\x1f\x8b"
 _NPY_MAGIC = b"\x93NUMPY"
+_PARQUET_MAGIC = b"PAR1"
 _UPLOAD_INSTEAD = ("upload an ONNX file (torch.onnx.export), or the weights as safetensors "
                    "(safetensors.torch.save_file(model.state_dict(), ...)) together with `architecture`")
 # ModelProto field number -> protobuf wire type (0 varint, 2 length-delimited), from onnx.proto.
@@ -72,7 +74,8 @@ def sniff_model_file(path: Path) -> ModelFormat:
 def sniff_dataset(head: bytes) -> DatasetFormat:
     """Returns the dataset's container format from its first bytes; refuses unknown or unsafe formats."""
     if head.startswith(_ZIP_MAGICS):
-        return _zip_dataset(_zip_kind(_local_names(head)[:1]))
+        names = _local_names(head)[:1]
+        return _zip_dataset(_zip_kind(names), names)
     return _sniff_plain_dataset(head)
 
 
@@ -83,7 +86,7 @@ def sniff_dataset_file(path: Path) -> DatasetFormat:
         names = _central_names(path)
         if names is None:
             raise InvalidDataset("the ZIP archive is truncated or corrupt (unreadable central directory)")
-        return _zip_dataset(_zip_kind(names))
+        return _zip_dataset(_zip_kind(names), names)
     return _sniff_plain_dataset(head)
 
 
@@ -125,8 +128,10 @@ def _refuse_zip_model(kind: ZipKind) -> ModelFormat:
 
 def _sniff_plain_dataset(head: bytes) -> DatasetFormat:
     """Classifies a non-ZIP dataset head: tar, tar.gz, or a refusal."""
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet"
     if _is_tar(head):
-        return "tar"
+        return "parquet.tar" if _all_parquet(_tar_names(head)) else "tar"
     if head.startswith(_GZIP_MAGIC):
         inner = zlib.decompressobj(wbits=31)  # gzip framing
         try:
@@ -143,23 +148,44 @@ def _sniff_plain_dataset(head: bytes) -> DatasetFormat:
     if _is_pickle(head):
         raise InvalidDataset("the dataset is a Python pickle, which can run code when loaded; save plain "
                              "arrays with numpy.savez (x_train, y_train, x_val, y_val) instead")
-    raise InvalidDataset("unrecognized dataset format; upload .npz (x_train, y_train, x_val, y_val) or an "
-                         "image-folder archive (.zip, .tar, .tar.gz with train/<class>/ and val/<class>/)")
+    raise InvalidDataset("unrecognized dataset format; upload .npz (x_train, y_train, x_val, y_val), an "
+                         "image-folder archive (.zip, .tar, .tar.gz with train/<class>/ and optionally "
+                         "val/<class>/) or Parquet (one file, or a .zip/.tar of train-*.parquet ...)")
 
 
 def classify_zip_dataset(names: list[str]) -> DatasetFormat:
     """Returns "npz" or "zip" (image folder) for a ZIP dataset from its member names; refuses PyTorch
     archives. For callers that list a stored ZIP themselves (the service, over ranged reads)."""
-    return _zip_dataset(_zip_kind(names))
+    return _zip_dataset(_zip_kind(names), names)
 
 
-def _zip_dataset(kind: ZipKind) -> DatasetFormat:
-    """Maps a ZIP's kind to "npz" or "zip" (image folder); PyTorch archives are refused."""
+def _zip_dataset(kind: ZipKind, names: list[str]) -> DatasetFormat:
+    """Maps a ZIP's kind to "npz", "parquet.zip" or "zip" (image folder); PyTorch archives are refused."""
     if kind == "npz":
         return "npz"
     if kind != "other":
         raise InvalidDataset(f"the dataset is {_ZIP_KIND_WHY[kind]}; upload .npz or an image-folder archive")
-    return "zip"
+    return "parquet.zip" if _all_parquet(names) else "zip"
+
+
+def _all_parquet(names: list[str]) -> bool:
+    """Tells an archive of Parquet files: every file it names (folders and dot-files aside) is `.parquet`."""
+    files = [n for n in names if not n.endswith("/") and not n.rsplit("/", 1)[-1].startswith(".")]
+    return bool(files) and all(n.endswith(".parquet") for n in files)
+
+
+def _tar_names(head: bytes) -> list[str]:
+    """Returns the file names of the tar headers that lie in `head` (a walk over 512-byte blocks)."""
+    names, at = [], 0
+    while at + 512 <= len(head) and _is_tar(head[at:at + 263]):
+        if head[at + 156:at + 157] in (b"0", b"\0", b"7"):  # files; not folders, PAX or long-name headers
+            names.append(head[at:at + 100].split(b"\0", 1)[0].decode("utf-8", "replace"))
+        try:
+            size = int(head[at + 124:at + 136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            break
+        at += 512 + -(-size // 512) * 512
+    return names
 
 
 def _zip_kind(names: list[str]) -> ZipKind:

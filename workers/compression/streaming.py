@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from workers.compression.datasets import DatasetBundle
 from workers.compression.image_index import ImageIndex
@@ -75,6 +75,9 @@ class StreamingBundle(DatasetBundle):
     max_pixels: int
     workers: int = field(default_factory=loader_workers)
     skipped_late: set[str] = field(default_factory=set)  # images whose body failed while training
+    # One loader per (split, batch size): its workers persist across passes, so each epoch does not pay
+    # for starting processes and importing torch again; `_Order` hands it each pass's sample order.
+    _loaders: dict[tuple[str, int], tuple[DataLoader[Any], _Order]] = field(default_factory=dict, repr=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -96,21 +99,46 @@ class StreamingBundle(DatasetBundle):
         generator: torch.Generator | None = None, device: torch.device | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yields normalized (x, y) batches on `device`, decoded by the loader's workers."""
-        keys, labels = self.index.train if split == "train" else self.index.val
-        augment = split == "train" and self.augment
-        images = _Images(self.index, keys, labels, self.train_transform if augment else self.eval_transform,
-                         "L" if self.channels == 1 else "RGB", self.max_pixels, self.input_shape)
-        order = torch.randperm(len(keys), generator=generator) if shuffle else torch.arange(len(keys))
         cuda = device is not None and device.type == "cuda"
-        loader = DataLoader(
-            images, batch_size=batch_size, sampler=order.tolist(), num_workers=self.workers,
-            pin_memory=cuda, generator=generator, worker_init_fn=_one_thread if self.workers else None,
-            multiprocessing_context="forkserver" if self.workers else None,
-            prefetch_factor=PREFETCH if self.workers else None,
-        )
+        loader, order = self._loader(split, batch_size, generator, cuda)
+        n = len(order.keys)
+        order.current = (torch.randperm(n, generator=generator) if shuffle else torch.arange(n)).tolist()
         for x, y, bad in loader:
             broken = bad >= 0
             if broken.any():
                 self.skipped_late.update(self.index.source.name(int(k)) for k in bad[broken])
                 x, y = x[~broken], y[~broken]
             yield x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)
+
+    def _loader(self, split: Literal["train", "val"], batch_size: int, generator: torch.Generator | None,
+                pin: bool) -> tuple[DataLoader[Any], _Order]:
+        """Returns the split's loader at this batch size, built on first use."""
+        if (split, batch_size) not in self._loaders:
+            keys, labels = self.index.train if split == "train" else self.index.val
+            augment = split == "train" and self.augment
+            images = _Images(self.index, keys, labels,
+                             self.train_transform if augment else self.eval_transform,
+                             "L" if self.channels == 1 else "RGB", self.max_pixels, self.input_shape)
+            order = _Order(keys)
+            loader = DataLoader(
+                images, batch_size=batch_size, sampler=order, num_workers=self.workers, pin_memory=pin,
+                generator=generator, worker_init_fn=_one_thread if self.workers else None,
+                multiprocessing_context="forkserver" if self.workers else None,
+                prefetch_factor=PREFETCH if self.workers else None, persistent_workers=self.workers > 0,
+            )
+            self._loaders[(split, batch_size)] = (loader, order)
+        return self._loaders[(split, batch_size)]
+
+
+class _Order(Sampler[int]):
+    """The sample order of the pass about to start (set by `batches`; the sampler runs in this process)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = keys
+        self.current: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.current)
