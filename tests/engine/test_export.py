@@ -125,10 +125,32 @@ def test_zstd_copy_round_trips(tmp_path: Path, trained_cnn: TinyResNet) -> None:
     assert zstandard.ZstdDecompressor().decompress(blob) == path.read_bytes()
 
 
+@pytest.mark.parametrize("side", [4, 8])
+def test_adaptive_pools_without_an_onnx_form_export_exactly(tmp_path: Path, side: int) -> None:
+    """A 6x6 adaptive pool over a 1x1 or 2x2 map (AlexNet and VGG at 64 px) exports as matmuls that
+    match PyTorch; the model keeps its own pool afterwards."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
+                          nn.Linear(144, 2)).eval()
+    export_onnx(model, (3, side, side), tmp_path / "m.onnx")
+    assert isinstance(model[1], nn.AdaptiveAvgPool2d)
+    x = torch.randn(3, 3, side, side)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+
+
+class _Spectrum(nn.Module):
+    """A model using an op the ONNX exporter has no form for (2-D FFT)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns two spectral magnitudes per sample."""
+        return torch.fft.fft2(x).abs().flatten(1)[:, :2]
+
+
 def test_an_op_the_exporter_cannot_express_is_unsupported_op(tmp_path: Path) -> None:
-    """AlexNet's 6x6 adaptive pool over a 1x1 map (an upsampling pool) is a typed refusal, not internal."""
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
-                          nn.Linear(144, 2))
-    with pytest.raises(UnsupportedOp, match="adaptive_avg_pool2d"):
-        export_onnx(model, (3, 4, 4), tmp_path / "m.onnx")
+    """The exporter's refusal is a typed unsupported_op naming the op, not internal; no file is left."""
+    with pytest.raises(UnsupportedOp, match="fft_fft2"):
+        export_onnx(_Spectrum(), (3, 4, 4), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()

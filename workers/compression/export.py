@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize, prune
 
 from workers.compression.datasets import DatasetBundle
 from workers.compression.errors import ExportMismatch, UnsupportedOp
+from workers.compression.export_pools import exportable_pools
 
 __all__ = [
     "ATOL",
@@ -97,12 +98,13 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> N
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             # Strided slices (option-A shortcuts, x[:, :, ::2, ::2]) are left unfolded; harmless.
             warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-            torch.onnx.export(
-                model.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT], output_names=[OUTPUT],
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                do_constant_folding=True,
-            )
+            with exportable_pools(model.eval(), example):
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=False, opset_version=OPSET,
+                    input_names=[INPUT], output_names=[OUTPUT],
+                    dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                    do_constant_folding=True,
+                )
     except torch.onnx.errors.OnnxExporterError as exc:  # an op or an argument the exporter cannot express
         path.unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
