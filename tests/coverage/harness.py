@@ -17,8 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -162,12 +162,42 @@ def all_cases(torchvision_models: Iterable[str] | None = None) -> list[Case]:
     return [Case(name, source) for source in ("weights", "onnx") for name in names]
 
 
-def run_cases(cases: Sequence[Case], workdir: Path, *, jobs: int = 1) -> list[Outcome]:
-    """Runs every case in its own child process (`jobs` at a time) and returns all outcomes."""
+def smallest_first(cases: Sequence[Case]) -> list[Case]:
+    """Orders cases by the model's parameter count (counted on the meta device), so a run cut short has
+    covered the most models."""
+    import torch
+
+    from workers.compression.architectures import parse_architecture
+    from workers.compression.library_models import build
+
+    def params(case: Case) -> int:
+        """Counts parameters without allocating them (Hugging Face configs here are all small)."""
+        if case.model.startswith("hf/"):
+            return 0
+        try:
+            ref = parse_architecture(case.model)
+            model = build(ref, num_classes=CLASSES, image_size=case.size, device="meta")
+        except Exception:  # unbuildable: the run reports it, early
+            return 0
+        return sum(p.numel() for p in model.parameters())
+
+    torch.set_num_threads(1)
+    counts = {case.model: params(case) for case in {c.model: c for c in cases}.values()}
+    return sorted(cases, key=lambda c: (counts[c.model], c.source, c.model))
+
+
+def run_cases(cases: Sequence[Case], workdir: Path, *, jobs: int = 1,
+              on_case: Callable[[list[Outcome]], None] = lambda _: None) -> list[Outcome]:
+    """Runs every case in its own child process (`jobs` at a time), handing each case's outcomes to
+    `on_case` as it ends; returns all outcomes."""
     workdir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = pool.map(lambda item: _run_child(item[1], workdir / f"case{item[0]}"), enumerate(cases))
-        return [outcome for outcomes in results for outcome in outcomes]
+        futures = [pool.submit(_run_child, case, workdir / f"case{i}") for i, case in enumerate(cases)]
+        outcomes: list[Outcome] = []
+        for future in as_completed(futures):
+            outcomes += future.result()
+            on_case(future.result())
+        return outcomes
 
 
 def _run_child(case: Case, folder: Path) -> list[Outcome]:
@@ -353,6 +383,13 @@ def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str) -> dic
     return totals
 
 
+def _recorded(path: Path | None) -> list[Outcome]:
+    """Reads the outcomes an earlier run appended to `path` (none when it is absent)."""
+    if path is None or not path.exists():
+        return []
+    return [Outcome(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the coverage suite (or, with --child, one case inside a child process)."""
     parser = argparse.ArgumentParser(prog="python -m tests.coverage.harness", description=__doc__)
@@ -361,8 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="cases at once (one torch thread each)")
     parser.add_argument("--only", help="run only models whose name contains this text")
     parser.add_argument("--source", choices=("weights", "onnx"), help="run only uploads of this kind")
+    parser.add_argument("--smallest-first", action="store_true", help="order cases by parameter count")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "coverage.md")
-    parser.add_argument("--results", type=Path, help="also write every outcome as JSON lines here")
+    parser.add_argument("--results", type=Path, help="append each outcome as a JSON line here, as it ends; "
+                        "cases already there are not run again, and the table covers them all")
     args = parser.parse_args(argv)
     if args.child:
         signal.signal(signal.SIGALRM, _on_alarm)
@@ -371,9 +410,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     cases = [c for c in all_cases() if (args.only is None or args.only in c.model)
              and (args.source is None or c.source == args.source)]
-    outcomes = run_cases(cases, args.workdir, jobs=args.jobs)
-    if args.results:
-        args.results.write_text("".join(json.dumps(asdict(o)) + "\n" for o in outcomes))
+    done = _recorded(args.results)
+    cases = [c for c in cases if (c.model, c.source) not in {(o.model, o.source) for o in done}]
+
+    def record(outcomes: list[Outcome]) -> None:
+        """Appends one finished case's outcomes to the results file."""
+        if args.results:
+            with args.results.open("a") as f:
+                f.writelines(json.dumps(asdict(o)) + "\n" for o in outcomes)
+
+    if args.smallest_first:
+        cases = smallest_first(cases)
+    outcomes = done + run_cases(cases, args.workdir, jobs=args.jobs, on_case=record)
     command = " ".join(["python -m tests.coverage.harness", *(argv if argv is not None else sys.argv[1:])])
     for key, (passed, total) in sorted(write_table(outcomes, args.out, command=command).items()):
         print(f"{key}: {passed}/{total}")
