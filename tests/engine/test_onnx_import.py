@@ -285,3 +285,30 @@ def test_same_padding_and_one_sided_clip_round_trip(tmp_path: Path) -> None:
     """Two things onnx2torch refused on its own: auto_pad SAME_UPPER and Clip without a min."""
     torch.manual_seed(0)
     _user_round_trip(_SamePadClamp(), SHAPE, tmp_path)
+
+
+class _TokenLinear(nn.Module):
+    """A Linear applied to (B, H*W, C) tokens, then a mean over the tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 3, H, W) to (B, 4)."""
+        out: torch.Tensor = self.fc(x.flatten(2).transpose(1, 2)).mean(dim=1)
+        return out
+
+
+def test_linear_layers_on_tokens_stay_trainable_linears(tmp_path: Path) -> None:
+    """nn.Linear on (B, N, C) exports as MatMul + Add of constants; it comes back as one nn.Linear with
+    its bias, so transformer weights train and can be pruned (not frozen buffers)."""
+    torch.manual_seed(0)
+    model = _TokenLinear()
+    path = export_onnx(model, tmp_path / "m.onnx", SHAPE)
+    assert "MatMul" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    converted = _convert(path)
+    linears = [m for m in converted.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features, m.bias is not None) for m in linears] == [(3, 4, True)]
+    assert not any(b.shape == (4,) for b in converted.buffers())  # the bias moved into the Linear
+    _user_round_trip(model, SHAPE, tmp_path)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.onnx.operators import reshape_from_tensor_shape, shape_as_tensor
 
-__all__ = ["install"]
+__all__ = ["fuse_linear_bias", "install"]
 
 
 def install() -> None:
@@ -36,6 +36,8 @@ def install() -> None:
         _register("Expand", version, _expand)
     for version in (11, 12, 13):
         _register("Clip", version, _clip)
+    for version in (1, 9, 13):
+        _register("MatMul", version, _matmul)
 
 
 def _export_opset() -> int:
@@ -79,6 +81,72 @@ def _layer_norm(node: Any, graph: Any) -> Any:
             norm.bias.copy_(consts[1])
     mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
     return OperationConverterResult(torch_module=norm, onnx_mapping=mapping)
+
+
+def _matmul(node: Any, graph: Any) -> Any:
+    """Converts MatMul(x, W) with a constant 2-D W, which is how torch exports nn.Linear on 3-D tokens,
+    to nn.Linear: onnx2torch keeps W as a buffer, so a ViT's attention and MLP weights neither trained
+    nor could be pruned. Other MatMuls (attention scores) stay onnx2torch's."""
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, onnx_mapping_from_node
+
+    weight = graph.initializers.get(node.input_values[1])
+    if weight is None or len(weight.to_torch().shape) != 2:
+        return OperationConverterResult(torch_module=OnnxMatMul(), onnx_mapping=onnx_mapping_from_node(node))
+    w = weight.to_torch()  # (in, out)
+    linear = nn.Linear(w.shape[0], w.shape[1], bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(w.T)
+    mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
+    return OperationConverterResult(torch_module=linear, onnx_mapping=mapping)
+
+
+def fuse_linear_bias(module: torch.fx.GraphModule) -> int:
+    """Moves a constant bias added right after a bias-free nn.Linear into the Linear (trainable, and
+    pruned with its output features); returns how many were fused."""
+    from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+
+    fused = 0
+    for node in list(module.graph.nodes):
+        linear = module.get_submodule(node.target) if node.op == "call_module" else None
+        if not (isinstance(linear, nn.Linear) and linear.bias is None and len(node.users) == 1):
+            continue
+        add = next(iter(node.users))
+        op = module.get_submodule(add.target) if add.op == "call_module" else None
+        if not (isinstance(op, OnnxBinaryMathOperation) and op.math_op_function is torch.add
+                and op.broadcast is None and len(add.args) == 2):
+            continue
+        other = add.args[1] if add.args[0] is node else add.args[0]
+        bias = _constant(module, other)
+        if bias is None or bias.numel() != linear.out_features or bias.shape[-1] != linear.out_features:
+            continue
+        linear.bias = nn.Parameter(bias.detach().reshape(-1).clone())
+        add.replace_all_uses_with(node)
+        module.graph.erase_node(add)
+        if not other.users:  # the initializer is the Linear's now; a stale copy would be exported too
+            owner, _, name = str(other.target).rpartition(".")
+            delattr(module.get_submodule(owner), name)
+            module.graph.erase_node(other)
+        fused += 1
+    if fused:
+        module.recompile()
+    return fused
+
+
+def _constant(module: torch.fx.GraphModule, arg: Any) -> torch.Tensor | None:
+    """Returns the tensor behind a get_attr graph node (an ONNX initializer), else None."""
+    if not isinstance(arg, torch.fx.Node) or arg.op != "get_attr":
+        return None
+    value = _attr(module, str(arg.target))
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _attr(module: nn.Module, target: str) -> object:
+    """Follows a dotted attribute path (`initializers.onnx_initializer_3`)."""
+    value: object = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _clip(node: Any, graph: Any) -> Any:

@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -105,8 +105,10 @@ def onnx_input_shape(path: Path) -> tuple[int | None, ...]:
 def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
     """Converts a validated model with onnx2torch and proves it runs on a zero batch of 2; float32, eval."""
     import torch
+    from torch import fx
 
     from workers.compression.onnx_batchnorm import calibrating_batchnorms, unfold_batchnorms
+    from workers.compression.onnx_converters import fuse_linear_bias
     from workers.compression.onnx_pads import explicit_pads
     from workers.compression.onnx_shapes import batch_from_input
 
@@ -123,6 +125,7 @@ def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
     except Exception as exc:  # onnx2torch raises bare errors of many kinds on graphs it cannot map
         raise InvalidModel(f"the ONNX graph could not be converted to a trainable model: {exc}") from None
     calibrating_batchnorms(module)
+    fuse_linear_bias(cast(fx.GraphModule, module))
     module = module.float().eval()
     hint = "export it with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'b'}}))"
     try:
