@@ -37,6 +37,8 @@ CLIENT_COMMANDS: dict[str, str] = {
 
 COMMANDS: dict[str, Command] = {
     "compress": Command("workers.compression.cli:main", "compress a model locally (the engine alone)"),
+    "dataset": Command("workers.compression.dataset_check:main",
+                       "check a dataset file locally: classes, splits, sizes, problems (dataset check FILE)"),
     "serve": Command("service.serve:main", "run the API (and, by default, an embedded worker)"),
     "worker": Command("workers.worker_cli:main", "run a worker for the configured database/broker/storage"),
     "migrate": Command("service.cli:migrate", "bring the database schema up to date (alembic upgrade head)"),

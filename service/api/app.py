@@ -13,6 +13,7 @@ from service.api.deps import AppContext
 from service.api.errors import install_error_handlers
 from service.api.openapi import install_openapi
 from service.api.routes_dashboard import router as dashboard_router
+from service.api.routes_datasets import router as datasets_router
 from service.api.routes_events import router as events_router
 from service.api.routes_health import router as health_router
 from service.api.routes_jobs import router as jobs_router
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     app.include_router(jobs_router)
+    app.include_router(datasets_router)
     app.include_router(events_router)
     app.include_router(health_router)
     app.include_router(dashboard_router)

@@ -47,7 +47,8 @@ from workers.compression.validate import RESOURCES_EXCEEDED, VALIDATOR_BROKEN
 if TYPE_CHECKING:
     from service.jobs.service import StoredInput
 
-__all__ = ["PARSE_TIMEOUT", "RESOURCES_EXCEEDED", "Inspection", "child_env", "inspect_uploads"]
+__all__ = ["PARSE_TIMEOUT", "RESOURCES_EXCEEDED", "Inspection", "check_dataset_file", "child_env",
+           "inspect_uploads"]
 
 PARSE_TIMEOUT = "parse_timeout"
 CODE_ROOT = Path(workers.__file__).resolve().parents[1]  # where `workers` is importable from
@@ -189,3 +190,29 @@ def _verdict(lines: list[dict[str, Any]], returncode: int, stderr: str) -> Inspe
     log.warning("upload validator crashed on the %s (exit %s): %s", stage, returncode, stderr[-2000:])
     raise _STAGE_ERRORS[stage](f"the {stage} file crashed the parser (exit status {returncode}); it is "
                                "refused")
+
+
+def check_dataset_file(path: Path, settings: Settings) -> dict[str, Any]:
+    """Runs `secateur dataset check` on a received file in the same sandbox as the submit-time check (own
+    environment, self-imposed limits, wall-clock kill); returns its facts or raises the typed 4xx."""
+    with _slot(settings), tempfile.TemporaryDirectory(prefix="secateur-dataset-check-") as tmp:
+        argv = [sys.executable, "-B", "-s", "-m", "workers.compression.dataset_check", "check", str(path),
+                "--json", "--memory-bytes", str(settings.sandbox_memory_bytes),
+                "--cpu-s", str(settings.sandbox_cpu_s)]
+        lines, returncode, stderr = _run(argv, Path(tmp), settings.sandbox_timeout_s)
+    final = next((line for line in reversed(lines) if "ok" in line), None)
+    if final is not None and final["ok"] is True:
+        return {k: v for k, v in final.items() if k != "ok"}
+    if final is not None:
+        code, message = str(final.get("code")), str(final.get("message", ""))
+        if code in _ENGINE_ERRORS:
+            raise _ENGINE_ERRORS[code](message)
+        if code == RESOURCES_EXCEEDED:
+            raise InvalidRequest(message, code=RESOURCES_EXCEEDED)
+        log.error("dataset checker cannot run: %s %s", code, message)
+        raise ServiceError("the dataset checker could not run; it has been logged", code=VALIDATOR_BROKEN)
+    if returncode < 0 and -returncode in _LIMIT_SIGNALS:
+        raise InvalidRequest("checking the dataset went past the validation limits (CPU time or file "
+                             "writes); it is refused", code=RESOURCES_EXCEEDED)
+    log.warning("dataset checker crashed (exit %s): %s", returncode, stderr[-2000:])
+    raise InvalidDataset(f"the dataset file crashed the checker (exit status {returncode}); it is refused")

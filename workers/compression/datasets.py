@@ -246,10 +246,11 @@ def load_dataset(path: Path, options: DataOptions, *, default_norm: Norm | None 
         bundle.facts = {"format": "npz", "split": {"val_from": "x_val/y_val", "train": bundle.train_samples,
                                                    "val": bundle.val_samples}, "unreadable": []}
         return bundle
-    from workers.compression import image_data
+    from workers.compression.image_data import from_index
+    from workers.compression.image_index import index_dataset
 
-    index = image_data.index_dataset(path, kind, seed=seed)
-    return image_data.from_index(index, options, default_norm=default_norm, preprocessing=preprocessing)
+    index = index_dataset(path, kind, seed=seed)
+    return from_index(index, options, default_norm=default_norm, preprocessing=preprocessing)
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

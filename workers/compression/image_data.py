@@ -8,7 +8,6 @@ model's size once); everything else becomes a `StreamingBundle` fed through the 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,20 +21,9 @@ from workers.compression.images import Unreadable, decode
 from workers.compression.preprocessing import Preprocessing
 from workers.compression.transforms import eval_transform, train_transform
 
-__all__ = ["from_index", "index_dataset"]
+__all__ = ["from_index"]
 
 _STATS_SAMPLES = 256  # train images that give mean/std when neither the model nor the job fixes them
-
-
-def index_dataset(path: Path, kind: str, *, seed: int, cache: bool = True) -> ImageIndex:
-    """Indexes an image-folder archive or a Parquet dataset (headers only)."""
-    if kind.startswith("parquet"):
-        from workers.compression.parquet_data import index_parquet
-
-        return index_parquet(path, kind, seed=seed)
-    from workers.compression.image_folders import index_image_folder
-
-    return index_image_folder(path, kind, seed=seed, cache=cache)  # type: ignore[arg-type]  # sniffed
 
 
 def from_index(index: ImageIndex, options: DataOptions, *, default_norm: Norm | None = None,

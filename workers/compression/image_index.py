@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from workers.compression.errors import InvalidDataset
 from workers.compression.images import ImageFacts
 
-__all__ = ["MAX_UNREADABLE", "VAL_FRACTION", "ImageIndex", "ImageSource", "IndexBuilder"]
+__all__ = ["MAX_UNREADABLE", "VAL_FRACTION", "ImageIndex", "ImageSource", "IndexBuilder", "index_dataset"]
 
 MAX_UNREADABLE = 0.01  # the share of unreadable images a dataset may have; more is refused
 VAL_FRACTION = 0.1  # of each class, held out when the data brings no validation split
@@ -141,3 +142,15 @@ def _stratified(labels: np.ndarray, seed: int) -> np.ndarray:
         take = max(1, round(len(members) * VAL_FRACTION))
         held[rng.permutation(members)[:take]] = True
     return held
+
+
+def index_dataset(path: Path, kind: str, *, seed: int, cache: bool = True) -> ImageIndex:
+    """Indexes an image-folder archive or a Parquet dataset by headers; `cache=False` writes nothing (the
+    sandboxed check) but then only indexes: a tar.gz or archived Parquet cannot be read back from it."""
+    if kind.startswith("parquet"):
+        from workers.compression.parquet_data import index_parquet
+
+        return index_parquet(path, kind, seed=seed, cache=cache)
+    from workers.compression.image_folders import index_image_folder
+
+    return index_image_folder(path, kind, seed=seed, cache=cache)  # type: ignore[arg-type]  # sniffed

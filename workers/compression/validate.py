@@ -84,10 +84,16 @@ def _dataset_facts(path: Path, kind: str) -> tuple[tuple[int, ...], int]:
         y_train = npz.check_labels(y_train, "y_train", x_train.shape[0])
         y_val = npz.check_labels(y_val, "y_val", x_val.shape[0])
         return shape, npz.num_classes(y_train, y_val)
-    from workers.compression.archives import scan_image_folder
+    from workers.compression.image_index import index_dataset
 
-    summary = scan_image_folder(path, kind)  # type: ignore[arg-type]  # sniffed: zip, tar or tar.gz
-    return summary.sample_shape, summary.num_classes
+    index = index_dataset(path, kind, seed=0, cache=False)  # headers only; this child may not write
+    channels = 1 if index.gray else 3
+    if index.one_size is not None:
+        width, height = index.one_size
+        return (channels, height, width), len(index.classes)
+    # Images of several sizes are resized to the model's size; short of it, to their commonest short side.
+    side = min(index.sizes.most_common(1)[0][0])
+    return (channels, side, side), len(index.classes)
 
 
 def _weights_classes(model: Path, model_format: str, architecture: str | None, input_shape: tuple[int, ...],

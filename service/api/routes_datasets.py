@@ -1,0 +1,123 @@
+"""`POST /datasets/validate`: what a dataset holds and what looks wrong with it, without a job.
+
+The multipart `file` part streams into a private temp file under the upload size limit (its head sniffed
+first, so a pickle is refused after one chunk); the engine's `secateur dataset check` then reads it in the
+submit-time sandbox (service/jobs/sandbox.py): headers only, no torch, no writes, resource limits.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import ContextDep, TenantDep
+from service.api.uploads import _Events, _feed
+from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from service.jobs.inputs import HEAD_BYTES
+from service.jobs.sandbox import check_dataset_file
+from service.jobs.schemas import ErrorBody
+from workers.compression.sniff import sniff_dataset
+
+__all__ = ["DatasetFacts", "router"]
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"], "additionalProperties": False,
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": ".npz, an image-folder .zip/.tar/.tar.gz, or Parquet"}},
+        }}},
+    }
+}
+
+
+class DatasetFacts(BaseModel):
+    """A dataset's facts from its headers (no pixel decoded) and what looks wrong with it."""
+
+    format: str = Field(examples=["zip"],
+                        description="npz, zip, tar, tar.gz, parquet, parquet.zip or parquet.tar")
+    num_classes: int
+    classes: list[str]
+    splits: dict[str, int] = Field(description="images per split: {train, val} (val split off when absent)")
+    counts: dict[str, dict[str, int]] = Field(description="images per class and split")
+    image_sizes: dict[str, int] = Field(description="images per WxH size (the 20 commonest, then other)")
+    unreadable: list[str] = Field(description="images that cannot be decoded (skipped; the first 100)")
+    warnings: list[str] = Field(description="class imbalance, a tiny validation split, train/val duplicates")
+
+
+@router.post("/validate", response_model=DatasetFacts, openapi_extra=_UPLOAD_OPENAPI,
+             responses={status: {"model": ErrorBody} for status in (400, 401, 413, 415, 422, 503)})
+async def validate_dataset(request: Request, context: ContextDep, _: TenantDep) -> DatasetFacts:
+    """Checks an uploaded dataset in seconds: format, classes, counts per class and split, image sizes,
+    unreadable files and warnings. Nothing is stored."""
+    with tempfile.TemporaryDirectory(prefix="secateur-validate-") as tmp:  # mode 0700, removed after
+        path = Path(tmp) / "dataset"
+        await _receive_file(request, path, context.settings.max_upload_bytes)
+        facts = await run_in_threadpool(check_dataset_file, path, context.settings)
+    return DatasetFacts(**facts)
+
+
+async def _receive_file(request: Request, path: Path, limit: int) -> None:
+    """Streams the body's one `file` part into `path`, counting bytes; refuses anything else."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary", b"")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise UnsupportedMediaType("send multipart/form-data with one part named file")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
+    events = _Events()
+    parser = MultipartParser(boundary, events.callbacks())
+    received, head, seen, done = 0, bytearray(), False, False
+    with path.open("wb") as out:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            _feed(parser, chunk)
+            items, events.items = events.items, []
+            for kind, data in items:
+                if kind == "part":
+                    seen = _open_part(data, seen)
+                elif kind == "data":
+                    if len(head) < HEAD_BYTES:
+                        head += data[:HEAD_BYTES - len(head)]
+                        if len(head) == HEAD_BYTES:
+                            sniff_dataset(bytes(head))  # a pickle or unknown format: refused at once
+                    await _write(out, data)
+                elif kind == "done":
+                    done = True
+        parser.finalize()
+    if not done:
+        raise BadRequest("the multipart body ended before its closing boundary")
+    if not seen:
+        raise InvalidRequest("missing part: file; send the dataset as the multipart part `file`",
+                             code="missing_part")
+    sniff_dataset(bytes(head))
+
+
+def _open_part(disposition: bytes, seen: bool) -> bool:
+    """Accepts the single part named `file`; returns True (it has now been seen)."""
+    _, options = parse_options_header(disposition)
+    name = options.get(b"name", b"").decode("utf-8", "replace")
+    if name != "file":
+        raise InvalidRequest(f"unexpected part {name!r}; send the dataset as the part `file`",
+                             code="unexpected_part")
+    if seen:
+        raise InvalidRequest("part 'file' was sent twice", code="duplicate_part")
+    return True
+
+
+async def _write(out: BinaryIO, data: bytes) -> None:
+    """Appends a chunk to the temp file off the event loop."""
+    await anyio.to_thread.run_sync(out.write, data)
