@@ -33,21 +33,21 @@ def preprocessing_of(model: Path, report: dict[str, Any] | None) -> dict[str, An
     return recorded
 
 
-def onnx_accuracy(model: Path, dataset: Path, recorded: dict[str, Any]) -> float:
-    """Returns top-1 accuracy of the ONNX model on the validation split, fed as `recorded` says."""
+def onnx_accuracy(model: Path, dataset: Path, recorded: dict[str, Any], seed: int = 0) -> float:
+    """Returns top-1 accuracy of the ONNX model on the validation split, fed as `recorded` says (`seed`: the
+    job's, which picked the validation images of a dataset that has no validation split)."""
     options = DataOptions(mean=recorded["mean"], std=recorded["std"], scale=recorded["scale"], augment=False)
     fit = Preprocessing(recorded.get("image_size"), recorded.get("crop_pct", 1.0),
                         recorded.get("interpolation", "bilinear"), tuple(recorded["mean"]),
                         tuple(recorded["std"]), recorded.get("channels"), "the model's metadata")
-    data = load_dataset(dataset, options, preprocessing=fit)
+    data = load_dataset(dataset, options, preprocessing=fit, seed=seed)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     correct = 0
-    for start in range(0, len(data.y_val), 256):
-        x = data.normalize(data.x_val[start:start + 256]).numpy()
-        logits = session.run(None, {name: x})[0]
-        correct += int((np.argmax(logits, axis=1) == data.y_val[start:start + 256].numpy()).sum())
-    return correct / len(data.y_val)
+    for x, y in data.batches("val", 256, shuffle=False):
+        logits = session.run(None, {name: x.numpy()})[0]
+        correct += int((np.argmax(logits, axis=1) == y.numpy()).sum())
+    return correct / data.val_samples
 
 
 def main() -> int:
@@ -58,7 +58,8 @@ def main() -> int:
     parser.add_argument("--report", type=Path, help="report.json to compare with (optional)")
     args = parser.parse_args()
     report = json.loads(args.report.read_text()) if args.report else None
-    measured = onnx_accuracy(args.model, args.dataset, preprocessing_of(args.model, report))
+    seed = report["inputs"].get("split", {}).get("seed", 0) if report is not None else 0
+    measured = onnx_accuracy(args.model, args.dataset, preprocessing_of(args.model, report), seed)
     if report is None:
         print(f"onnxruntime accuracy of {args.model}: {measured:.4f}")
         return 0

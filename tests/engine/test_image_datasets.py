@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from workers.compression.image_folders import index_image_folder
 from workers.compression.preprocessing import Preprocessing
 from workers.compression.streaming import StreamingBundle
 
+ROOT = Path(__file__).resolve().parents[2]
 PRE = Preprocessing(40, 0.875, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3, "test")
 
 
@@ -136,6 +139,11 @@ def test_imagenet_style_archive_through_compress(tmp_path: Path) -> None:
     assert (inputs["train_samples"], inputs["val_samples"], inputs["storage"]) == (108, 12, "streaming")
     assert inputs["input_shape"] == [3, 48, 48]
     assert report["verification"]["passed"]
+    # What a user does with the artifact: feed it as its metadata says, on the same (seeded) val split.
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_onnx.py"), str(out / "model.onnx"),
+                            str(data), "--report", str(out / "report.json")], capture_output=True, text=True,
+                           cwd=ROOT, env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
     epoch = report["history"][-1]
     assert epoch["images_per_s"] > 0
     assert 0 <= epoch["data_wait_share"] <= 1
