@@ -231,7 +231,8 @@ def compress(
     with tempfile.TemporaryDirectory(prefix="secateur-baseline-") as tmp:
         # The dense model is exported, verified and measured up front: a model that cannot round-trip
         # through ONNX fails in seconds, before any training is spent on it.
-        clock.enter("evaluating")
+        clock.enter("evaluating", {"train_samples": data.train_samples, "val_samples": data.val_samples,
+                                   "unreadable": len(data.facts.get("unreadable", []))})
         baseline_onnx = Path(tmp) / "baseline.onnx"
         export_onnx(model, data.input_shape, baseline_onnx)
         baseline = _measure_side(model, baseline_onnx, data, dev, threads)
