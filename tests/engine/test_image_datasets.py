@@ -147,3 +147,18 @@ def test_imagenet_style_archive_through_compress(tmp_path: Path) -> None:
     epoch = report["history"][-1]
     assert epoch["images_per_s"] > 0
     assert 0 <= epoch["data_wait_share"] <= 1
+
+
+def test_gray_images_of_several_sizes_stream_as_one_channel_at_their_commonest_side(tmp_path: Path) -> None:
+    """A model without a fixed size or channel count (a zoo network) gets gray data as gray, at the
+    commonest short side, normalized with statistics computed from the data."""
+    rng = np.random.default_rng(0)
+    sizes = [(70, 50), (70, 50), (90, 60)]
+    members = {f"train/{name}/{i}.png": encoded(rng, label, sizes[i % 3], "PNG", "L")
+               for label, name in enumerate(CLASSES) for i in range(6)}
+    bundle = load_dataset(write_archive(tmp_path / "d.zip", "zip", members), DataOptions())
+    assert isinstance(bundle, StreamingBundle)
+    assert bundle.input_shape == (1, 50, 50)
+    assert len(bundle.mean) == 1
+    x, _ = next(bundle.batches("val", 3, shuffle=False))
+    assert x.shape == (3, 1, 50, 50)

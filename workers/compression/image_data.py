@@ -16,6 +16,7 @@ import torch
 from workers.compression.archives import DEFAULT_LIMITS
 from workers.compression.config import DataOptions
 from workers.compression.datasets import IN_MEMORY_BYTES, IN_MEMORY_SIDE, DatasetBundle, Norm, from_arrays
+from workers.compression.errors import InvalidDataset
 from workers.compression.image_index import ImageIndex
 from workers.compression.images import Unreadable, decode
 from workers.compression.preprocessing import Preprocessing
@@ -76,8 +77,8 @@ def _streaming(index: ImageIndex, channels: int, options: DataOptions, default_n
     from workers.compression.streaming import StreamingBundle
 
     (width, height), _ = index.sizes.most_common(1)[0]
-    size = preprocessing.image_size if preprocessing is not None and preprocessing.image_size else min(width,
-                                                                                                        height)
+    own = preprocessing.image_size if preprocessing is not None else None
+    size = own or min(width, height)
     crop_pct = preprocessing.crop_pct if preprocessing is not None else 1.0
     interpolation = preprocessing.interpolation if preprocessing is not None else "bilinear"
     scale = options.scale if options.scale is not None else 1.0 / 255.0
@@ -86,6 +87,9 @@ def _streaming(index: ImageIndex, channels: int, options: DataOptions, default_n
     else:
         norm = (preprocessing.norm if preprocessing is not None else None) or default_norm or _stats(
             index, channels, eval_transform(size, crop_pct, interpolation, None, scale), scale)
+    if len(norm[0]) not in (1, channels):
+        raise InvalidDataset(f"the normalization has {len(norm[0])} values but the images are fed with "
+                             f"{channels} channel(s)")
     return StreamingBundle(
         num_classes=len(index.classes), mean=norm[0], std=norm[1], scale=scale, augment=options.augment,
         index=index, image_size=size, channels=channels, max_pixels=DEFAULT_LIMITS.max_image_pixels,
