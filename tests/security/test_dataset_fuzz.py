@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.engine.image_archives import write_parquet
@@ -17,6 +17,8 @@ from workers.compression.dataset_check import check_dataset
 from workers.compression.datasets import load_dataset
 from workers.compression.preprocessing import Preprocessing
 
+# Fewer examples than the header validators get: each also decodes batches (the default run stays short).
+FUZZ_DECODE = settings(FUZZ, max_examples=60)
 _FIT = Preprocessing(16, 1.0, "bilinear", (0.5,), (0.25,), 3, "fuzz")
 
 
@@ -34,13 +36,13 @@ def _check_and_train(path: Path) -> None:
     next(data.batches("val", 4, shuffle=False), None)
 
 
-@FUZZ
+@FUZZ_DECODE
 @given(st.one_of(inputs(image_zip()), inputs(image_tar("")), inputs(image_tar("gz"))))
 def test_damaged_image_folders_are_refused_typed(data: bytes) -> None:
     only_typed_errors(_check_and_train, data)
 
 
-@FUZZ
+@FUZZ_DECODE
 @given(inputs(_parquet()))
 def test_damaged_parquet_is_refused_typed(data: bytes) -> None:
     only_typed_errors(_check_and_train, data)
