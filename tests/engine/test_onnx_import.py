@@ -312,3 +312,28 @@ def test_linear_layers_on_tokens_stay_trainable_linears(tmp_path: Path) -> None:
     assert [(m.in_features, m.out_features, m.bias is not None) for m in linears] == [(3, 4, True)]
     assert not any(b.shape == (4,) for b in converted.buffers())  # the bias moved into the Linear
     _user_round_trip(model, SHAPE, tmp_path)
+
+
+class _StandardizedConv(nn.Conv2d):
+    """timm's StdConv2d: the weight is standardized per filter by a training-mode batch norm in forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolves with the standardized weight."""
+        flat = self.weight.reshape(1, self.out_channels, -1)
+        weight = nn.functional.batch_norm(flat, None, None, training=True, momentum=0.0, eps=1e-6)
+        out: torch.Tensor = self._conv_forward(x, weight.reshape_as(self.weight), self.bias)
+        return out
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # batch_norm's batch-size check, at export
+def test_weights_computed_from_parameters_are_folded(tmp_path: Path) -> None:
+    """A weight the exporter left as graph arithmetic (a training-mode BatchNormalization with statistics
+    outputs, which onnx2torch refuses) is folded into a plain, trainable conv weight."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_StandardizedConv(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 4))
+    path = export_onnx(model, tmp_path / "m.onnx", SHAPE)
+    assert "BatchNormalization" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    converted = _convert(path)
+    assert any(isinstance(m, nn.Conv2d) for m in converted.modules())
+    _user_round_trip(model, SHAPE, tmp_path)

@@ -1,9 +1,10 @@
 """ONNX uploads: validate the graph as untrusted data, then convert it to a trainable torch module.
 
 `read_onnx`, `signature` and `onnx_input_shape` need only `onnx` (no torch), so a caller can learn a
-model's input shape cheaply; `to_torch` imports torch and onnx2torch when it runs, reads the batch size
-from the input (onnx_shapes.py), spells out SAME padding (onnx_pads.py), puts back the BatchNorms an
-eval-mode export folded (onnx_batchnorm.py) and uses our fixed converters (onnx_converters.py).
+model's input shape cheaply; `to_torch` imports torch and onnx2torch when it runs, folds what the
+exporter left unfolded (onnx_fold.py), reads the batch size from the input (onnx_shapes.py), spells out
+SAME padding (onnx_pads.py), puts back the BatchNorms an eval-mode export folded (onnx_batchnorm.py)
+and uses our fixed converters (onnx_converters.py).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
 
     from workers.compression.onnx_batchnorm import calibrating_batchnorms, unfold_batchnorms
     from workers.compression.onnx_converters import fuse_linear_bias
+    from workers.compression.onnx_fold import fold_constants
     from workers.compression.onnx_pads import explicit_pads
     from workers.compression.onnx_shapes import batch_from_input
 
@@ -116,6 +118,7 @@ def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
     _check_convertible(model)
     try:
         prepared = _prepared(model)
+        fold_constants(prepared)
         batch_from_input(prepared, input_shape)
         explicit_pads(prepared)
         unfold_batchnorms(prepared)
