@@ -337,3 +337,28 @@ def test_weights_computed_from_parameters_are_folded(tmp_path: Path) -> None:
     converted = _convert(path)
     assert any(isinstance(m, nn.Conv2d) for m in converted.modules())
     _user_round_trip(model, SHAPE, tmp_path)
+
+
+class _ClassToken(nn.Module):
+    """A ViT's class token: expanded to the batch size read from the patch tokens (an inner tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, 3, 2, 2)
+        self.cls = nn.Parameter(torch.randn(1, 1, 3))
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 3, H, W) to (B, 4) through (B, 1 + H*W/4, 3) tokens."""
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        out: torch.Tensor = self.fc(tokens[:, 0] + tokens.mean(dim=1))
+        return out
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_class_token_follows_the_batch_after_re_export(tmp_path: Path) -> None:
+    """Our re-export traced at batch 1 used to fold the inner Shape into [1, N, C]: onnxruntime's Concat
+    then refused every other batch size. The batch now comes from the input's shape."""
+    torch.manual_seed(0)
+    _user_round_trip(_ClassToken(), SHAPE, tmp_path)
