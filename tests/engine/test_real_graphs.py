@@ -103,7 +103,7 @@ MODELS: dict[str, tuple[Builder, float]] = {
     "vit_b_16": (_torchvision("vit_b_16", image_size=64), 1.7),
     "timm/vit_tiny_patch16_224": (_timm("vit_tiny_patch16_224", img_size=64), 1.9),
     "timm/deit_tiny_patch16_224": (_timm("deit_tiny_patch16_224", img_size=64), 1.9),
-    "timm/swin_tiny_patch4_window7_224": (_timm("swin_tiny_patch4_window7_224", 112, img_size=112), 1.3),
+    "timm/swin_tiny_patch4_window7_224": (_timm("swin_tiny_patch4_window7_224", 112, img_size=112), 1.8),
     "timm/repvgg_a0": (_timm("repvgg_a0"), 3.0),
     "timm/ghostnet_100": (_timm("ghostnet_100"), 1.8),
     "timm/mobilevit_xxs": (_timm("mobilevit_xxs", img_size=64), 2.0),
@@ -111,7 +111,7 @@ MODELS: dict[str, tuple[Builder, float]] = {
     "timm/levit_128s": (_timm("levit_128s", img_size=64), 1.3),
     "hf/vit": (_hf("vit"), 1.4),
     "hf/convnext": (_hf("convnext"), 1.4),
-    "hf/swin": (_hf("swin"), 1.3),
+    "hf/swin": (_hf("swin"), 1.6),
 }
 FAST = ["mobilenet_v3_small", "regnet_y_400mf", "shufflenet_v2_x0_5", "timm/repvgg_a0",
         "timm/vit_tiny_patch16_224", "hf/vit"]

@@ -20,7 +20,7 @@ from workers.compression import zoo
 from workers.compression.config import FinetuneConfig, JobConfig, Target
 from workers.compression.datasets import DatasetBundle
 from workers.compression.errors import InvalidConfig, UnsupportedOp
-from workers.compression.methods import registry
+from workers.compression.methods import groups, registry
 from workers.compression.methods.base import PruneContext
 from workers.compression.methods.structured import (
     Group,
@@ -157,6 +157,19 @@ def test_imported_graph_groups_and_coupling(tmp_path: Path) -> None:
     by_hand = sum(modules[m.name].weight.abs().flatten(1).mean(1).double()[list(m.local)]
                   for m in shared[0].layers)
     torch.testing.assert_close(importance(model, shared[0]), by_hand)
+
+
+def test_groups_not_verified_within_the_budget_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the trial removals run out of the analysis budget, the unverified groups are left alone with
+    the reason instead of being pruned blind (or the job sitting in the stage)."""
+    def spent(*_: object) -> None:
+        raise groups.BudgetSpent("the trial removal exceeded its budget")
+
+    monkeypatch.setattr(groups, "_breaks", spent)
+    structure = find_groups(zoo.build("resnet20", num_classes=10, input_shape=RESNET_SHAPE),
+                            torch.zeros(1, *RESNET_SHAPE), coupled=False)
+    assert structure.groups == ()
+    assert dict(structure.skipped)["layer1.0.conv1"] == "not verified within the 30 s analysis budget"
 
 
 # --- which filters ---------------------------------------------------------------------------------------

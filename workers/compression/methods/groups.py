@@ -30,10 +30,11 @@ from torch_pruning.dependency.node import Node
 from torch_pruning.ops import OPTYPE
 
 from workers.compression.errors import CompressionError, UnsupportedOp
-from workers.compression.methods.attention import Heads, find_heads, sync_heads
+from workers.compression.methods.attention import Heads, find_heads, sync_heads, table_parameters
 
 __all__ = [
     "GRAPH_BUDGET_S",
+    "BudgetSpent",
     "Group",
     "GroupPlan",
     "Member",
@@ -151,6 +152,10 @@ def _check_deadline() -> None:
         raise _Overrun
 
 
+class BudgetSpent(UnsupportedOp):
+    """An analysis ran out of its time budget (same code as UnsupportedOp: the graph is the cause)."""
+
+
 @contextmanager
 def _analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[None]:
     """Runs the body under a wall-clock budget and maps whatever torch-pruning raises to UnsupportedOp.
@@ -164,7 +169,7 @@ def _analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[Non
     try:
         yield
     except _Overrun as exc:
-        raise UnsupportedOp(
+        raise BudgetSpent(
             f"{what} exceeded its {budget_s:g} s budget at {_culprit(exc, names)}: the graph is too large or "
             "too irregular to analyse; use an unstructured method (magnitude, weightmom)") from None
     except CompressionError:
@@ -221,7 +226,8 @@ _patch_torch_pruning()
 
 class _ChannelSplits(TorchFunctionMode):
     """Records views that split the channel dim of a feature map, (N, C, H, W) -> (N, g, C/g, H, W): the
-    first half of a channel shuffle, a permutation torch-pruning takes for the identity."""
+    first half of a channel shuffle, a permutation torch-pruning takes for the identity. (A token
+    sequence's (B, L, C) -> (B, H, W, C) splits tokens, not channels: 3-D inputs are left out.)"""
 
     def __init__(self) -> None:
         super().__init__()
@@ -229,19 +235,21 @@ class _ChannelSplits(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable[..., Any], types_: Any, args: Sequence[Any] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
-        """Runs `func` and remembers its output when it splits dim 1 of its input."""
+        """Runs `func` and remembers its output when it splits dim 1 of its input in two real dims."""
         out = func(*args, **(kwargs or {}))
         src = args[0] if args else None
         if (isinstance(out, torch.Tensor) and isinstance(src, torch.Tensor) and out.grad_fn is not None
-                and src.dim() >= 3 and out.dim() > src.dim() and out.shape[0] == src.shape[0]
-                and out.shape[1] < src.shape[1] and out.shape[-(src.dim() - 2):] == src.shape[2:]):
+                and src.dim() == 4 and out.dim() == 5 and out.shape[0] == src.shape[0]
+                and out.shape[1] * out.shape[2] == src.shape[1] and min(out.shape[1], out.shape[2]) > 1
+                and out.shape[3:] == src.shape[2:]):
             self.splits.add(out.grad_fn)
         return out
 
 
-def _trace(model: nn.Module, example: torch.Tensor) -> tuple[Any, set[Any]]:
+def _trace(model: nn.Module, example: torch.Tensor, heads: dict[str, Heads]) -> tuple[Any, set[Any]]:
     """Builds torch-pruning's dependency graph of `model` (it needs autograd; it leaves the model in eval);
-    returns it and the channel-splitting views seen on the way."""
+    returns it and the channel-splitting views seen on the way. The attention modules' per-head tables
+    are not channels: `sync_heads` cuts them by head after the removal."""
     recorder = _ChannelSplits()
 
     def forward(module: nn.Module, inputs: torch.Tensor) -> Any:
@@ -252,8 +260,9 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[Any, set[Any]]:
     was_training = model.training
     try:
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=forward,
-                                                          verbose=False)
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, forward_fn=forward, verbose=False,
+                ignored_params=table_parameters(model, heads.values()))
     finally:
         model.train(was_training)
     for node in graph.module2node.values():
@@ -280,6 +289,21 @@ class _Context:
     splits: set[Any]
     heads: dict[str, Heads]
     rank: int
+    constant: set[Any]  # nodes computed from parameters alone
+
+
+def _parameter_only(dg: Any) -> set[Any]:
+    """Returns the graph nodes computed from parameters alone (a relative-position bias gathered from its
+    table): adding one to a feature map adds a bias, it does not join two feature maps."""
+    nodes = list(dg.module2node.values())
+    found = {n for n in nodes if n.type == OPTYPE.PARAMETER}
+    grew = True
+    while grew:
+        _check_deadline()
+        fresh = [n for n in nodes if n not in found and n.inputs and all(i in found for i in n.inputs)]
+        found.update(fresh)
+        grew = bool(fresh)
+    return found
 
 
 def _edge_layers(dg: Any) -> set[nn.Module]:
@@ -325,14 +349,15 @@ def _pads_channels(node: Any, rank: int) -> bool:
     return any(pad[2 * (rank - 2): 2 * (rank - 2) + 2])
 
 
-def _is_residual_add(node: Any) -> bool:
+def _is_residual_add(node: Any, constant: set[Any]) -> bool:
     """Tells whether `node` adds (or subtracts) two feature maps; CopySlices is an in-place add into a
     view (GhostNet's `x += shortcut` on a sliced concatenation). A product of two (a squeeze-excite gate,
-    attention scores) also ties their channels, but it is part of the block, not a residual stream."""
+    attention scores) also ties their channels, but it is part of the block, not a residual stream; so is
+    a sum with a `constant` node (a parameter-only bias on attention scores)."""
     grad_fn = node.grad_fn
     return (node.type == OPTYPE.ELEMENTWISE and grad_fn is not None
             and grad_fn.name().rsplit("::", 1)[-1].startswith(("AddBackward", "SubBackward", "CopySlices"))
-            and sum(i.type != OPTYPE.PARAMETER for i in node.inputs) > 1)
+            and sum(i not in constant for i in node.inputs) > 1)
 
 
 def _channel_groups(module: Any) -> int:
@@ -401,7 +426,7 @@ def _classify(ctx: _Context, tp_group: Any) -> Group | set[str]:
     for item in tp_group:
         node, module, idxs = item.dep.target, item.dep.target.module, list(item.idxs)
         out = dg.is_out_channel_pruning_fn(item.dep.handler)
-        coupled = coupled or _is_residual_add(node)
+        coupled = coupled or _is_residual_add(node, ctx.constant)
         exact = exact and node.type not in _MIXING
         if node.grad_fn in ctx.splits:
             problems.add("channel shuffle (a view splitting the channel dim)")
@@ -496,6 +521,8 @@ def _breaks(model: nn.Module, example: torch.Tensor, groups: Sequence[Group],
     trial = copy.deepcopy(model)
     try:
         remove(trial, [GroupPlan(g, g.expand([0])) for g in groups], example)
+    except BudgetSpent:
+        raise
     except UnsupportedOp as exc:
         return exc.message
     shape = _output_shape(trial, example)
@@ -505,24 +532,34 @@ def _breaks(model: nn.Module, example: torch.Tensor, groups: Sequence[Group],
 def _working(model: nn.Module, example: torch.Tensor, groups: list[Group],
              skipped: list[tuple[str, str]]) -> list[Group]:
     """Returns the groups whose removal keeps the model working; the others go to `skipped` (a fixed shape
-    or a per-head tensor the graph does not show). Halving finds the culprits in O(k log n) trials."""
+    or a per-head tensor the graph does not show). Halving finds the culprits in O(k log n) trials, within
+    the analysis budget: groups not cleared by then are left alone too."""
     expected = _output_shape(model, example)
-    trial = [g for g in groups if g.positions > 1]  # a group of one position is never pruned
-
-    def bad(subset: list[Group]) -> list[Group]:
-        """Returns the groups of `subset` that break the model."""
-        if not subset or _breaks(model, example, subset, expected) is None:
-            return []
-        if len(subset) == 1:
-            return subset
-        half = len(subset) // 2
-        return bad(subset[:half]) + bad(subset[half:])
-
-    broken = bad(trial)
-    for group in broken:
-        reason = _breaks(model, example, [group], expected) or "breaks the model"
-        skipped.append((group.root, f"removing its channels breaks the model ({reason[:160]})"))
-    return [g for g in groups if g not in broken]
+    cleared = [g for g in groups if g.positions <= 1]  # a group of one position is never pruned
+    broken: list[tuple[Group, str]] = []
+    pending = [[g for g in groups if g.positions > 1]]
+    subset: list[Group] = []  # the subset under trial when the budget runs out
+    outer = getattr(_deadline, "at", None)
+    _deadline.at = time.monotonic() + GRAPH_BUDGET_S
+    try:
+        while pending:
+            _check_deadline()
+            subset = pending.pop()
+            reason = _breaks(model, example, subset, expected) if subset else None
+            if reason is None:
+                cleared += subset
+            elif len(subset) == 1:
+                broken.append((subset[0], reason))
+            else:
+                pending += [subset[len(subset) // 2:], subset[: len(subset) // 2]]
+            subset = []
+    except (_Overrun, BudgetSpent):
+        why = f"not verified within the {GRAPH_BUDGET_S:g} s analysis budget"
+        skipped += [(g.root, why) for g in subset + [g for rest in pending for g in rest]]
+    finally:
+        _deadline.at = outer
+    skipped += [(g.root, f"removing its channels breaks the model ({why[:160]})") for g, why in broken]
+    return [g for g in groups if g in cleared]
 
 
 def find_groups(model: nn.Module, example: torch.Tensor, *, coupled: bool) -> Structure:
@@ -533,9 +570,10 @@ def find_groups(model: nn.Module, example: torch.Tensor, *, coupled: bool) -> St
     found: list[Group] = []
     skipped: list[tuple[str, str]] = []
     with _analysis("the dependency-graph analysis", names, GRAPH_BUDGET_S):
-        dg, splits = _trace(model, example)
+        heads = find_heads(model)
+        dg, splits = _trace(model, example, heads)
         order = {name: i for i, name in enumerate(names.values())}
-        ctx = _Context(dg, names, order, _edge_layers(dg), splits, find_heads(model), example.dim())
+        ctx = _Context(dg, names, order, _edge_layers(dg), splits, heads, example.dim(), _parameter_only(dg))
         for tp_group in _tp_groups(ctx, skipped):
             result = _classify(ctx, tp_group)
             if isinstance(result, set):
@@ -575,7 +613,7 @@ def remove(model: nn.Module, plans: Sequence[GroupPlan], example: torch.Tensor) 
     expected = _output_shape(model, example)
     names = {module: name for name, module in model.named_modules()}
     with _analysis("channel removal", names, GRAPH_BUDGET_S):
-        dg, _ = _trace(model, example)
+        dg, _ = _trace(model, example, find_heads(model))
         modules = dict(model.named_modules())
         # Every group is resolved on the unpruned graph, then each (tensor, pruning function) is cut once
         # with the union of its indices: all indices stay in the original coordinates (a BatchNorm after a
@@ -591,7 +629,7 @@ def remove(model: nn.Module, plans: Sequence[GroupPlan], example: torch.Tensor) 
         for dep, idxs in merged.values():
             everything.add_dep(dep, sorted(idxs))
         everything.prune(record_history=False)
-    sync_heads(model, [h for plan in plans for h in plan.group.heads])
+    sync_heads(model, [(h, _removed_heads(plan)) for plan in plans for h in plan.group.heads])
     try:
         shape = _output_shape(model, example)
     except RuntimeError as exc:  # shape errors inside the user's graph
@@ -603,6 +641,12 @@ def remove(model: nn.Module, plans: Sequence[GroupPlan], example: torch.Tensor) 
             f"removing channels broke the model ({reason}): the graph probably fixes a channel count in a "
             "constant, such as a Reshape to a fixed shape. Flatten with a dynamic shape "
             "(torch.flatten(x, 1)) before exporting, or use an unstructured method (magnitude, weightmom)")
+
+
+def _removed_heads(plan: GroupPlan) -> list[int]:
+    """Returns the head indices a plan removes (a head is a position of its group)."""
+    block = plan.group.positions * plan.group.unit
+    return sorted({(c % block) // plan.group.unit for c in plan.pruned})
 
 
 def iter_members(plans: Sequence[GroupPlan], model: nn.Module) -> Iterator[tuple[nn.Module, list[int], bool]]:
