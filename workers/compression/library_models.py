@@ -22,7 +22,7 @@ from workers.compression.architectures import ArchitectureRef
 from workers.compression.errors import InvalidConfig, InvalidModel
 from workers.compression.safetensors_file import listing
 
-__all__ = ["HfLogits", "build", "classes_from_weights", "finish", "load_hf"]
+__all__ = ["HfLogits", "build", "classes_from_weights", "finish", "load_hf", "shapes_only"]
 
 # transformers must never reach the hub: set before it is first imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,6 +65,15 @@ def build(ref: ArchitectureRef, *, num_classes: int, image_size: int, hf_config:
             raise
         except Exception as exc:  # the library's own code refusing the arguments or the config
             raise InvalidModel(f"{ref} could not be built: {type(exc).__name__}: {str(exc)[:300]}") from None
+
+
+def shapes_only(ref: ArchitectureRef, *, num_classes: int, image_size: int) -> nn.Module:
+    """Builds the architecture for its parameter names and shapes: on the meta device (no memory), or on
+    the CPU for builders whose initialization reads tensor values (torchvision's RegNets copy them)."""
+    try:
+        return build(ref, num_classes=num_classes, image_size=image_size, device="meta")
+    except InvalidModel:
+        return build(ref, num_classes=num_classes, image_size=image_size)
 
 
 def classes_from_weights(model: nn.Module, shapes: dict[str, tuple[int, ...]], built_classes: int) -> int:

@@ -94,13 +94,11 @@ def _load_library(weights: Path, ref: ArchitectureRef, input_shape: tuple[int, .
         raise InvalidModel(f"{ref} takes images (C, H, W); the data has samples of shape {input_shape}")
     size = input_shape[-1]
     table = safetensors_file.read_header(weights)
-    shape = library_models.build(ref, num_classes=num_classes, image_size=size,
-                                 device="meta")
+    shape = library_models.shapes_only(ref, num_classes=num_classes, image_size=size)
     classes = library_models.classes_from_weights(shape, table.shapes, num_classes)
     onnx_import.check_classes(classes, num_classes)
     if classes != num_classes:
-        shape = library_models.build(ref, num_classes=classes, image_size=size,
-                                     device="meta")
+        shape = library_models.shapes_only(ref, num_classes=classes, image_size=size)
     _check_keys(shape, table.shapes, str(ref), table.metadata.get("architecture"))
     module = library_models.build(ref, num_classes=classes, image_size=size)
     _load_state(module, weights, table)
