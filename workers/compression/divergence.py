@@ -78,9 +78,9 @@ class DivergenceWatch:
         where = f"training diverged in phase {self.phase!r} at step {step} ({what} {loss})"
         if self.steps == 0:
             return InvalidModel(
-                f"{where}, on its first batch, before any update: the model's outputs overflow on this "
-                "data, so the learning rate is not the cause; check the input normalization "
-                "(data.mean, data.std, data.scale) and the weights")
+                f"{where}, on the first batch this run of the phase took, before any update: the model's "
+                "outputs overflow on this data, so the learning rate is not the cause; check the input "
+                "normalization (data.mean, data.std, data.scale) and the weights")
         broken = non_finite_tensor(model)
         history = (f"; the loss was {self.first_loss:.4g} at the phase's first step and {self.last_loss:.4g} "
                    f"at the last finite one, the gradient norm went from {self.first_grad:.3g} to "
