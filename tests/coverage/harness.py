@@ -31,7 +31,8 @@ METHODS = ("l1", "tpp", "magnitude", "weightmom")
 ONNX_METHODS = ("magnitude", "l1")
 JOB_LIMIT_S = 600  # "no job takes over 10 minutes on this CPU"
 # The smallest input an architecture takes, where 64 px is below it (test input, not model code).
-MIN_SIZE = {"torchvision/inception_v3": 96, "torchvision/vit_h_14": 70}  # 70: a multiple of its 14-px patch
+# 70: a multiple of ViT-H's 14-px patch; 224: MaxViT partitions every stage's map into 7x7 windows.
+MIN_SIZE = {"torchvision/inception_v3": 96, "torchvision/vit_h_14": 70, "torchvision/maxvit_t": 224}
 # At least 40 timm models across families: CNNs, mobile nets, re-parameterizable nets, transformers, hybrids.
 TIMM_MODELS = (
     "resnet18",

@@ -241,3 +241,15 @@ def test_models_over_the_onnx_file_limit_are_refused_before_training(
     with pytest.raises(InvalidModel, match="protobuf's 2 GiB limit"):
         pipeline.compress(model_path=model, dataset_path=data, config=config, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["torchvision/mnasnet0_5", "torchvision/regnet_y_400mf"])
+def test_builders_with_their_own_loading_rules_load(tmp_path: Path, name: str) -> None:
+    """MNASNet checks the state dict's format version; RegNet cannot be built on the meta device."""
+    ref = parse_architecture(name)
+    model = library_models.build(ref, num_classes=4, image_size=32)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    loaded = model_io.load_model(tmp_path / "w.safetensors", architecture=name, input_shape=(3, 32, 32),
+                                 num_classes=4)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.module(x), model.eval()(x))

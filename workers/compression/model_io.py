@@ -9,6 +9,7 @@ spent on them, then loaded strictly.
 from __future__ import annotations
 
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -158,8 +159,11 @@ def _load_state(module: nn.Module, path: Path, table: TensorTable) -> None:
     if wrong:
         raise InvalidModel(f"unsupported tensor dtypes: {listing(wrong)}; weights must be float32, float16 "
                            "or bfloat16 (integers only where the architecture keeps an integer buffer)")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    module.load_state_dict(state, strict=True)
+    loaded = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state.items())
+    # A state dict carries each module's format version (torchvision's MNASNet refuses to load without
+    # it); a weights file cannot, and the weights were saved from this same code, so its versions apply.
+    loaded._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
+    module.load_state_dict(loaded, strict=True)
 
 
 def _classes(module: nn.Module) -> int:
