@@ -186,24 +186,29 @@ def _analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[Non
 def _patch_torch_pruning() -> None:
     """Three guards around torch-pruning 1.6 (idempotent; outside our analyses it behaves as before but for
     the first guard):
-    - it divides by a channel count of zero it infers for a view that splits the channel dim (a channel
-      shuffle) and dies with ZeroDivisionError: such a view gets no mapping, and `_classify` refuses the
-      groups through it (it sees the split);
+    - its channel inference fails on some reshapes and concatenations (ZeroDivisionError on a channel
+      shuffle's view, TypeError on torchvision Swin's channels-last concat): such a node gets no mapping
+      and is listed in `graph.secateur_unmapped` with the reason, and `_trace` ends groups there;
     - it recomputes every mapping of the graph on each group query, quadratic in the graph (DenseNet-121:
       20 s of 29): a graph flagged `secateur_mapped` (ours: groups are queried, then pruned at once) keeps
       the mapping computed when it was built;
     - its group search has no bound: each dependency it adds checks the running analysis's budget."""
     if getattr(index_mapping.update_index_mapping, "secateur_guarded", False):
         return
-    reshape, update = index_mapping.update_reshape_index_mapping, index_mapping.update_index_mapping
+    update = index_mapping.update_index_mapping
     add_dep = tp.dependency.Group.add_dep
 
-    def guarded_reshape(graph: Any, node: Any) -> None:
-        """Maps the reshape, or leaves it unmapped when torch-pruning's channel inference gives zero."""
-        try:
-            reshape(graph, node)
-        except ZeroDivisionError:
-            return
+    def guarded(mapping: Callable[[Any, Any], None], what: str) -> Callable[[Any, Any], None]:
+        """Wraps one node mapping: a failure leaves the node unmapped and recorded."""
+        def guarded_mapping(graph: Any, node: Any) -> None:
+            """Maps the node, or records that its channels cannot be inferred."""
+            try:
+                mapping(graph, node)
+            except (ZeroDivisionError, TypeError, IndexError):
+                if not hasattr(graph, "secateur_unmapped"):
+                    graph.secateur_unmapped = {}
+                graph.secateur_unmapped[node] = f"a {what} whose channels torch-pruning cannot infer"
+        return guarded_mapping
 
     def cached_update(graph: Any) -> None:
         """Updates every mapping, unless the graph's mapping is known to be current."""
@@ -216,7 +221,9 @@ def _patch_torch_pruning() -> None:
         add_dep(group, dep, idxs)
 
     cached_update.secateur_guarded = True  # type: ignore[attr-defined]
-    index_mapping.update_reshape_index_mapping = guarded_reshape
+    mappings = index_mapping.update_reshape_index_mapping, index_mapping.update_concat_index_mapping
+    index_mapping.update_reshape_index_mapping = guarded(mappings[0], "reshape")
+    index_mapping.update_concat_index_mapping = guarded(mappings[1], "concat")
     index_mapping.update_index_mapping = cached_update
     tp.dependency.Group.add_dep = bounded_add_dep
 
@@ -246,10 +253,10 @@ class _ChannelSplits(TorchFunctionMode):
         return out
 
 
-def _trace(model: nn.Module, example: torch.Tensor, heads: dict[str, Heads]) -> tuple[Any, set[Any]]:
+def _trace(model: nn.Module, example: torch.Tensor, heads: dict[str, Heads]) -> tuple[Any, dict[Any, str]]:
     """Builds torch-pruning's dependency graph of `model` (it needs autograd; it leaves the model in eval);
-    returns it and the channel-splitting views seen on the way. The attention modules' per-head tables
-    are not channels: `sync_heads` cuts them by head after the removal."""
+    returns it and the nodes where groups end, with the reason (channel shuffles, nodes it cannot map).
+    The attention modules' per-head tables are not channels: `sync_heads` cuts them by head after removal."""
     recorder = _ChannelSplits()
 
     def forward(module: nn.Module, inputs: torch.Tensor) -> Any:
@@ -265,14 +272,16 @@ def _trace(model: nn.Module, example: torch.Tensor, heads: dict[str, Heads]) -> 
                 ignored_params=table_parameters(model, heads.values()))
     finally:
         model.train(was_training)
-    for node in graph.module2node.values():
-        if node.grad_fn in recorder.splits:
-            # Groups end at a channel shuffle (and `_classify` refuses the ones that reach it): followed as
-            # the identity through the concat/split around it, torch-pruning's group search grows without
-            # bound (ShuffleNet V2: 15+ minutes, 2 GB).
-            node.dependencies = []
+    cut: dict[Any, str] = {n: why for n, why in getattr(graph, "secateur_unmapped", {}).items()}
+    cut |= {n: "channel shuffle (a view splitting the channel dim)" for n in graph.module2node.values()
+            if n.grad_fn in recorder.splits}
+    for node in cut:
+        # Groups end here (and `_classify` refuses the ones that reach it): followed as the identity through
+        # the concat/split around a shuffle, torch-pruning's group search grows without bound (ShuffleNet
+        # V2: 15+ minutes, 2 GB); through an unmapped node, its indices would be wrong.
+        node.dependencies = []
     graph.secateur_mapped = True  # nothing is pruned before every group is known: see _patch_torch_pruning
-    return graph, recorder.splits
+    return graph, cut
 
 
 # --- which groups ----------------------------------------------------------------------------------------
@@ -286,7 +295,7 @@ class _Context:
     names: dict[nn.Module, str]
     order: dict[str, int]
     edges: set[nn.Module]
-    splits: set[Any]
+    cut: dict[Any, str]  # graph nodes where groups end -> why
     heads: dict[str, Heads]
     rank: int
     constant: set[Any]  # nodes computed from parameters alone
@@ -428,8 +437,8 @@ def _classify(ctx: _Context, tp_group: Any) -> Group | set[str]:
         out = dg.is_out_channel_pruning_fn(item.dep.handler)
         coupled = coupled or _is_residual_add(node, ctx.constant)
         exact = exact and node.type not in _MIXING
-        if node.grad_fn in ctx.splits:
-            problems.add("channel shuffle (a view splitting the channel dim)")
+        if node in ctx.cut:
+            problems.add(ctx.cut[node])
         if _pads_channels(node, ctx.rank):
             problems.add("unmodelled channel mapping (channel padding, e.g. an option-A shortcut)")
         if _channel_groups(module) > 1:
@@ -571,9 +580,9 @@ def find_groups(model: nn.Module, example: torch.Tensor, *, coupled: bool) -> St
     skipped: list[tuple[str, str]] = []
     with _analysis("the dependency-graph analysis", names, GRAPH_BUDGET_S):
         heads = find_heads(model)
-        dg, splits = _trace(model, example, heads)
+        dg, cut = _trace(model, example, heads)
         order = {name: i for i, name in enumerate(names.values())}
-        ctx = _Context(dg, names, order, _edge_layers(dg), splits, heads, example.dim(), _parameter_only(dg))
+        ctx = _Context(dg, names, order, _edge_layers(dg), cut, heads, example.dim(), _parameter_only(dg))
         for tp_group in _tp_groups(ctx, skipped):
             result = _classify(ctx, tp_group)
             if isinstance(result, set):
