@@ -134,8 +134,6 @@ def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
     try:
         with torch.no_grad():
             out = module(torch.zeros(2, *input_shape))
-    except UnsupportedOp:
-        raise
     except Exception as exc:  # any failure of the converted graph means it is unusable
         raise InvalidModel(f"the converted model fails on a batch of 2 inputs of shape {input_shape} "
                            f"({exc}); if it was exported for batch size 1, {hint}") from None
