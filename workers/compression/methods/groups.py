@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 GRAPH_BUDGET_S = 30.0  # per trace + group search, and per removal: ShuffleNet V2 once ran for 15+ minutes
+_MAX_INDICES = 1 << 21  # one flatten mapping's output: VGG-16's classifier needs 25,088
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # transposed convs are left alone
 # Per-channel scale/shift that goes with its channel; all but BatchNorm also mix channels in their statistics.
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
@@ -183,6 +184,10 @@ def _analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[Non
         _deadline.at = outer
 
 
+class _TooManyIndices(RuntimeError):
+    """A group's index mapping grew past `_MAX_INDICES` (the group is left alone)."""
+
+
 def _patch_torch_pruning() -> None:
     """Three guards around torch-pruning 1.6 (idempotent; outside our analyses it behaves as before but for
     the first guard):
@@ -192,11 +197,14 @@ def _patch_torch_pruning() -> None:
     - it recomputes every mapping of the graph on each group query, quadratic in the graph (DenseNet-121:
       20 s of 29): a graph flagged `secateur_mapped` (ours: groups are queried, then pruned at once) keeps
       the mapping computed when it was built;
-    - its group search has no bound: each dependency it adds checks the running analysis's budget."""
+    - its group search has no bound: each dependency it adds checks the running analysis's budget, and a
+      flatten mapping may not produce more than `_MAX_INDICES` indices (chained through a Swin V2 at 64 px
+      they multiplied without end: minutes and gigabytes for one group)."""
     if getattr(index_mapping.update_index_mapping, "secateur_guarded", False):
         return
     update = index_mapping.update_index_mapping
     add_dep = tp.dependency.Group.add_dep
+    flatten = index_mapping._FlattenIndexMapping.__call__
 
     def guarded(mapping: Callable[[Any, Any], None], what: str) -> Callable[[Any, Any], None]:
         """Wraps one node mapping: a failure leaves the node unmapped and recorded."""
@@ -220,12 +228,20 @@ def _patch_torch_pruning() -> None:
         _check_deadline()
         add_dep(group, dep, idxs)
 
+    def bounded_flatten(mapping: Any, idxs: Any) -> Any:
+        """Expands indices through a flatten, unless that makes too many or the budget is spent."""
+        _check_deadline()
+        if not mapping.reverse and len(idxs) * mapping._stride > _MAX_INDICES:
+            raise _TooManyIndices(f"a flatten would map {len(idxs)} indices to {len(idxs) * mapping._stride}")
+        return flatten(mapping, idxs)
+
     cached_update.secateur_guarded = True  # type: ignore[attr-defined]
     mappings = index_mapping.update_reshape_index_mapping, index_mapping.update_concat_index_mapping
     index_mapping.update_reshape_index_mapping = guarded(mappings[0], "reshape")
     index_mapping.update_concat_index_mapping = guarded(mappings[1], "concat")
     index_mapping.update_index_mapping = cached_update
     tp.dependency.Group.add_dep = bounded_add_dep
+    index_mapping._FlattenIndexMapping.__call__ = bounded_flatten
 
 
 _patch_torch_pruning()
