@@ -1,0 +1,209 @@
+"""Tracing a model into torch-pruning's dependency graph, bounded in time and index size, with every
+failure typed: `analysis` runs a body under a wall-clock budget and turns what torch-pruning raises into
+`UnsupportedOp` naming the module or op it was handling; `trace` builds the graph and says where groups must
+end (channel shuffles, nodes whose channels torch-pruning cannot infer).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency.node import Node
+
+from workers.compression.errors import CompressionError, UnsupportedOp
+
+__all__ = ["BudgetSpent", "analysis", "check_deadline", "culprit", "trace"]
+
+_MAX_INDICES = 1 << 21  # one flatten mapping's output: VGG-16's classifier needs 25,088
+
+
+class _Overrun(BaseException):
+    """Raised when an analysis has spent its budget; a BaseException, so that handlers of torch-pruning's
+    own errors let it through (it never escapes `analysis`)."""
+
+
+def culprit(exc: BaseException, names: dict[Any, str]) -> str:
+    """Names the module or op torch-pruning was handling when `exc` was raised: the innermost frame
+    holding a graph node or a named module."""
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, Node):
+                module = value.module
+                label = names.get(module) or (module._grad_fn if hasattr(module, "_grad_fn") else None)
+                return f"{label or ''} ({type(module).__name__})".strip()
+            if isinstance(value, nn.Module) and value in names and names[value]:
+                return f"{names[value]} ({type(value).__name__})"
+    return "an unnamed op"
+
+
+_deadline = threading.local()  # .at: monotonic deadline of the analysis running in this thread, if any
+
+
+def check_deadline() -> None:
+    """Raises `_Overrun` when this thread's analysis has spent its budget (a no-op outside one)."""
+    at = getattr(_deadline, "at", None)
+    if at is not None and time.monotonic() > at:
+        raise _Overrun
+
+
+class BudgetSpent(UnsupportedOp):
+    """An analysis ran out of its time budget (same code as UnsupportedOp: the graph is the cause)."""
+
+
+@contextmanager
+def analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[None]:
+    """Runs the body under a wall-clock budget and maps whatever torch-pruning raises to UnsupportedOp.
+
+    The budget is checked cooperatively, at every dependency torch-pruning adds to a group (where its
+    search once grew for 15+ minutes) and between groups: an exception injected from another thread could
+    land inside a context manager's exit and leave process-wide state (a torch function mode) behind.
+    """
+    outer = getattr(_deadline, "at", None)
+    _deadline.at = time.monotonic() + budget_s if outer is None else min(outer, time.monotonic() + budget_s)
+    try:
+        yield
+    except _Overrun as exc:
+        raise BudgetSpent(
+            f"{what} exceeded its {budget_s:g} s budget at {culprit(exc, names)}: the graph is too large or "
+            "too irregular to analyse; use an unstructured method (magnitude, weightmom)") from None
+    except CompressionError:
+        raise
+    except Exception as exc:  # torch-pruning's own failures (KeyError, ZeroDivisionError, asserts, ...)
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UnsupportedOp(
+            f"{what} failed at {culprit(exc, names)} ({type(exc).__name__}: {first}); use an unstructured "
+            "method (magnitude, weightmom) for this model") from exc
+    finally:
+        _deadline.at = outer
+
+
+class _TooManyIndices(RuntimeError):
+    """A group's index mapping grew past `_MAX_INDICES` (the group is left alone)."""
+
+
+def _patch_torch_pruning() -> None:
+    """Three guards around torch-pruning 1.6 (idempotent; outside our analyses it behaves as before but for
+    the first guard):
+    - its channel inference fails on some reshapes and concatenations (ZeroDivisionError on a channel
+      shuffle's view, TypeError on torchvision Swin's channels-last concat): such a node gets no mapping
+      and is listed in `graph.secateur_unmapped` with the reason, and `_trace` ends groups there;
+    - it recomputes every mapping of the graph on each group query, quadratic in the graph (DenseNet-121:
+      20 s of 29): a graph flagged `secateur_mapped` (ours: groups are queried, then pruned at once) keeps
+      the mapping computed when it was built;
+    - its group search has no bound: each dependency it adds checks the running analysis's budget, and a
+      flatten mapping may not produce more than `_MAX_INDICES` indices (chained through a Swin V2 at 64 px
+      they multiplied without end: minutes and gigabytes for one group)."""
+    if getattr(index_mapping.update_index_mapping, "secateur_guarded", False):
+        return
+    update = index_mapping.update_index_mapping
+    add_dep = tp.dependency.Group.add_dep
+    flatten = index_mapping._FlattenIndexMapping.__call__
+
+    def guarded(mapping: Callable[[Any, Any], None], what: str) -> Callable[[Any, Any], None]:
+        """Wraps one node mapping: a failure leaves the node unmapped and recorded."""
+        def guarded_mapping(graph: Any, node: Any) -> None:
+            """Maps the node, or records that its channels cannot be inferred."""
+            try:
+                mapping(graph, node)
+            except (ZeroDivisionError, TypeError, IndexError):
+                if not hasattr(graph, "secateur_unmapped"):
+                    graph.secateur_unmapped = {}
+                graph.secateur_unmapped[node] = f"a {what} whose channels torch-pruning cannot infer"
+        return guarded_mapping
+
+    def cached_update(graph: Any) -> None:
+        """Updates every mapping, unless the graph's mapping is known to be current."""
+        if not getattr(graph, "secateur_mapped", False):
+            update(graph)
+
+    def bounded_add_dep(group: Any, dep: Any, idxs: Any) -> None:
+        """Adds a dependency to a group being searched, if the running analysis has budget left."""
+        check_deadline()
+        add_dep(group, dep, idxs)
+
+    def bounded_flatten(mapping: Any, idxs: Any) -> Any:
+        """Expands indices through a flatten, unless that makes too many or the budget is spent."""
+        check_deadline()
+        if not mapping.reverse and len(idxs) * mapping._stride > _MAX_INDICES:
+            raise _TooManyIndices(f"a flatten would map {len(idxs)} indices to {len(idxs) * mapping._stride}")
+        return flatten(mapping, idxs)
+
+    cached_update.secateur_guarded = True  # type: ignore[attr-defined]
+    mappings = index_mapping.update_reshape_index_mapping, index_mapping.update_concat_index_mapping
+    index_mapping.update_reshape_index_mapping = guarded(mappings[0], "reshape")
+    index_mapping.update_concat_index_mapping = guarded(mappings[1], "concat")
+    index_mapping.update_index_mapping = cached_update
+    tp.dependency.Group.add_dep = bounded_add_dep
+    index_mapping._FlattenIndexMapping.__call__ = bounded_flatten
+
+
+_patch_torch_pruning()
+
+
+class _ChannelSplits(TorchFunctionMode):
+    """Records views that split the channel dim of a feature map, (N, C, H, W) -> (N, g, C/g, H, W): the
+    first half of a channel shuffle, a permutation torch-pruning takes for the identity. (A token
+    sequence's (B, L, C) -> (B, H, W, C) splits tokens, not channels: 3-D inputs are left out.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits: set[Any] = set()  # grad_fns of those views (the graph nodes' grad_fn)
+
+    def __torch_function__(self, func: Callable[..., Any], types_: Any, args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        """Runs `func` and remembers its output when it splits dim 1 of its input in two real dims."""
+        out = func(*args, **(kwargs or {}))
+        src = args[0] if args else None
+        if (isinstance(out, torch.Tensor) and isinstance(src, torch.Tensor) and out.grad_fn is not None
+                and src.dim() == 4 and out.dim() == 5 and out.shape[0] == src.shape[0]
+                and out.shape[1] * out.shape[2] == src.shape[1] and min(out.shape[1], out.shape[2]) > 1
+                and out.shape[3:] == src.shape[2:]):
+            self.splits.add(out.grad_fn)
+        return out
+
+
+def trace(model: nn.Module, example: torch.Tensor, ignored: list[nn.Parameter]) -> tuple[Any, dict[Any, str]]:
+    """Builds torch-pruning's dependency graph of `model` (it needs autograd; it leaves the model in eval),
+    leaving the `ignored` parameters unpruned (attention's per-head tables: not channels); returns it and the
+    nodes where groups end, with the reason (channel shuffles, nodes it cannot map)."""
+    recorder = _ChannelSplits()
+
+    def forward(module: nn.Module, inputs: torch.Tensor) -> Any:
+        """The traced forward, with the view recorder on."""
+        with recorder:
+            return module(inputs)
+
+    was_training = model.training
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, forward_fn=forward, verbose=False,
+                ignored_params=ignored)
+    finally:
+        model.train(was_training)
+    cut: dict[Any, str] = {n: why for n, why in getattr(graph, "secateur_unmapped", {}).items()}
+    cut |= {n: "channel shuffle (a view splitting the channel dim)" for n in graph.module2node.values()
+            if n.grad_fn in recorder.splits}
+    for node in cut:
+        # Groups end here (and `_classify` refuses the ones that reach it): followed as the identity through
+        # the concat/split around a shuffle, torch-pruning's group search grows without bound (ShuffleNet
+        # V2: 15+ minutes, 2 GB); through an unmapped node, its indices would be wrong.
+        node.dependencies = []
+    graph.secateur_mapped = True  # nothing is pruned before every group is known: see _patch_torch_pruning
+    return graph, cut
+
+
+# --- which groups ----------------------------------------------------------------------------------------
