@@ -73,7 +73,8 @@ class IndexBuilder:
     max_unreadable: float = MAX_UNREADABLE
     _keys: dict[Split | None, list[int]] = field(default_factory=lambda: _per_split())
     _classes: dict[Split | None, list[str]] = field(default_factory=lambda: _per_split())
-    _digests: dict[Split | None, list[str]] = field(default_factory=lambda: _per_split())
+    _digests: dict[Split | None, list[int]] = field(default_factory=lambda: _per_split())
+    _labels: dict[str, str] = field(default_factory=dict)  # one string per class, shared by its images
     _unreadable: list[str] = field(default_factory=list)
     _sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
     _gray: bool = True
@@ -81,7 +82,7 @@ class IndexBuilder:
     def add(self, split: Split | None, label: str, key: int, facts: ImageFacts) -> None:
         """Records one readable image; `split` None means the data names no split for it."""
         self._keys[split].append(key)
-        self._classes[split].append(label)
+        self._classes[split].append(self._labels.setdefault(label, label))
         self._digests[split].append(facts.digest)
         self._sizes[(facts.width, facts.height)] += 1
         self._gray = self._gray and facts.gray
