@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.engine.conftest import MemoryCheckpoints, TinyResNet
+from tests.engine.conftest import MemoryCheckpoints, TinyMLP, TinyResNet
 from workers.compression.config import FinetuneConfig
 from workers.compression.datasets import DatasetBundle
 from workers.compression.errors import InvalidConfig, InvalidModel, JobStopped
@@ -267,6 +267,27 @@ def test_non_finite_weights_at_the_start_are_named(image_data: DatasetBundle) ->
         model.conv1.weight[0, 0, 0, 0] = float("inf")
     with pytest.raises(InvalidModel, match=r"'conv1\.weight' holds NaN or Inf before phase 'p'"):
         _trainer(image_data).fit(model, phase="p", epochs=1, lr=0.05, schedule="step")
+
+
+def test_a_phase_that_starts_damaged_blames_the_start_not_the_rate(flat_data: DatasetBundle) -> None:
+    """A loss far above chance before any update means the model arrived broken; the rate comes second."""
+
+    class Poison(StepHooks):
+        """Makes the weights NaN after the first step."""
+
+        def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+            """Fills every parameter with NaN."""
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+
+    torch.manual_seed(0)
+    model = TinyMLP()
+    with torch.no_grad():
+        model.fc2.weight.mul_(1e4)  # logits in the thousands: a loss far above ln(4)
+    with pytest.raises(InvalidConfig, match="started from a damaged model") as caught:
+        _trainer(flat_data).fit(model, phase="p", epochs=1, lr=0.05, schedule="step", hooks=Poison())
+    assert "lower the learning rate" not in caught.value.message
 
 
 def test_blow_up_without_normalization_says_so(flat_data: DatasetBundle, tiny_mlp: nn.Module) -> None:

@@ -95,7 +95,10 @@ class DivergenceWatch:
             causes.append("the model has no normalization layers (an eval-mode ONNX export folds BatchNorm "
                           "into the convolutions), so it tolerates far smaller learning rates than the "
                           "network it came from")
-        if self.first_loss is not None and self.first_loss > DAMAGED * math.log(max(self.classes, 2)):
-            causes.append(f"the phase started from a damaged model (loss {self.first_loss:.3g}, chance level "
-                          f"is {math.log(max(self.classes, 2)):.3g}): the stage before it already broke it")
+        chance = math.log(max(self.classes, 2))
+        if self.first_loss is not None and self.first_loss > DAMAGED * chance:
+            # The model was already far off before this phase's updates: that comes first, the rate second.
+            causes = [f"the phase started from a damaged model (loss {self.first_loss:.3g}, chance level is "
+                      f"{chance:.3g}): its weights or the stage before this phase already broke it, and a "
+                      "lower learning rate can at most postpone the blow-up", *causes[1:]]
         return InvalidConfig(f"{where}{history}. Likely cause: {'; '.join(causes)}")
