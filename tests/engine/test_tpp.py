@@ -14,7 +14,7 @@ from torch import nn
 from tests.engine.conftest import IMAGE_SHAPE, MemoryCheckpoints, TinyResNet
 from tests.engine.test_structured import ConvShortcutNet, imported, plans_for
 from workers.compression.config import FinetuneConfig, JobConfig, Target, TppOptions
-from workers.compression.datasets import DatasetBundle
+from workers.compression.datasets import ArrayBundle, DatasetBundle
 from workers.compression.errors import JobStopped
 from workers.compression.hooks import Progress
 from workers.compression.methods import registry
@@ -134,6 +134,7 @@ def test_stabilization_zeroes_exactly_and_removal_keeps_the_outputs(image_data: 
             assert not tensor[rows].any()
             assert tensor[kept].abs().sum() > 0
     model.eval()
+    assert isinstance(image_data, ArrayBundle)  # the tiny data lives in memory
     x = image_data.normalize(image_data.x_val)
     with torch.no_grad():
         before = model(x)
