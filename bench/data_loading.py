@@ -5,7 +5,7 @@ archive grows?
     python -m bench.data_loading rss [--gigabytes 2 10] [--steps 30]
 
 Archives are generated: an ImageNet-style stored ZIP (`train/<class>/<n>.jpg`, 10 classes, no val/) of
-photo-like JPEGs of ImageNet's typical size (~500x375, ~110 KB), drawn from a pool of distinct images
+photo-like JPEGs of ImageNet's typical size (~500x375, ~65 KB), drawn from a pool of distinct images
 (their content does not matter to the loader; their bytes and count do).
 - throughput: a 224-px torchvision ResNet-18 job's data path on this machine: the loader alone (decode,
   RandomResizedCrop, flip, normalize; images/s), then Trainer.fit for `--steps` steps, whose per-epoch

@@ -31,7 +31,7 @@ __all__ = ["STREAM_LIMITS", "ArchiveSource", "index_image_folder"]
 Kind = Literal["zip", "tar", "tar.gz"]
 
 # Streaming holds no image in memory for long, so the archive may be far larger than RAM and hold ImageNet's
-# 1.3 M images (the index costs ~200 bytes per image); the other limits (member size, compression ratio,
+# 1.3 M images (the index costs ~1 KB per image); the other limits (member size, compression ratio,
 # pixels per image) stay those of archives.DEFAULT_LIMITS.
 STREAM_LIMITS = ArchiveLimits(max_members=2_000_000, max_total_bytes=256 << 30)
 _HEAD = 256 * 1024  # bytes read to probe a header: past the EXIF/ICC blocks of real photos

@@ -5,10 +5,11 @@ member, a Parquet row), decodes it (images.py) and applies the model's preproces
 Where cores allow it runs worker processes started by 'forkserver' (a process that already ran
 multi-threaded torch must not fork), each with one torch thread; on 1-2 cores it decodes in-process.
 
-Memory bound, independent of the dataset's size: the index (a key, a label and a name per image), plus
-at most `workers * PREFETCH + 1` batches of decoded, transformed images, plus per worker one stored image
-(at most `ArchiveLimits.max_member_bytes`) and its decoded pixels (at most `max_image_pixels` * 3 bytes);
-a Parquet source adds one row group's image column per worker (parquet_data.MAX_ROW_GROUP_BYTES).
+Memory bound, independent of the dataset's bytes: the index (a name, key and label per image, and a ZIP's
+member directory: ~1 KB per image, measured in bench/data_loading.py), plus at most
+`workers * PREFETCH + 1` batches of decoded, transformed images, plus per worker one stored image (at most
+`ArchiveLimits.max_member_bytes`) and its decoded pixels (at most `max_image_pixels` * 3 bytes); a Parquet
+source adds one row group's image column per worker (parquet_data.MAX_ROW_GROUP_BYTES).
 """
 
 from __future__ import annotations
