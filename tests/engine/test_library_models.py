@@ -253,3 +253,19 @@ def test_builders_with_their_own_loading_rules_load(tmp_path: Path, name: str) -
                                  num_classes=4)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded.module(x), model.eval()(x))
+
+
+@pytest.mark.parametrize(("declared", "data", "fed"), [
+    ((3, 224, 224), (3, 32, 32), (3, 224, 224)),  # resized to the fixed input
+    ((3, 224, 224), (1, 40, 30), (3, 224, 224)),  # grayscale repeated, any size
+    ((3, None, None), (3, 32, 32), (3, 32, 32)),  # dynamic: the data's own size
+    ((3, 224, 224), (4, 32, 32), (4, 224, 224)),  # channels that cannot be fitted stay, and are refused
+    ((12,), (12,), (12,)),
+])
+def test_submit_checks_an_onnx_model_at_the_size_it_will_be_fed(
+    declared: tuple[int | None, ...], data: tuple[int, ...], fed: tuple[int, ...]
+) -> None:
+    """The torch-free submit check fits the data to a fixed ONNX input like the engine will."""
+    from workers.compression.validate import fed_shape
+
+    assert fed_shape(declared, data) == fed

@@ -62,11 +62,23 @@ def inspect_inputs(model: Path, dataset: Path, architecture: str | None,
     if model_format == "onnx":
         from workers.compression import onnx_import
 
-        classes = onnx_import.check_fits(onnx_import.read_onnx(model), input_shape, num_classes)
+        proto = onnx_import.read_onnx(model)
+        fed = fed_shape(onnx_import.signature(proto)[0], input_shape)
+        classes = onnx_import.check_fits(proto, fed, num_classes)
     else:
         classes = _weights_classes(model, model_format, architecture, input_shape, num_classes)
     return {"ok": True, "model_format": model_format, "dataset_format": dataset_format,
             "input_shape": list(input_shape), "num_classes": num_classes, "model_classes": classes}
+
+
+def fed_shape(declared: tuple[int | None, ...], data_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Returns the sample shape the engine will feed an ONNX model: images are resized to a fixed square
+    input and grayscale repeated to its channels (as `preprocessing.for_onnx` decides, without torch)."""
+    fixed = len(declared) == 3 and declared[1] is not None and declared[1] == declared[2]
+    if not fixed or len(data_shape) != 3:
+        return data_shape
+    channels = declared[0] if declared[0] is not None and data_shape[0] in (1, declared[0]) else data_shape[0]
+    return channels, int(declared[1] or 0), int(declared[2] or 0)
 
 
 def _dataset_facts(path: Path, kind: str) -> tuple[tuple[int, ...], int]:
