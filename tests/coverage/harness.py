@@ -347,8 +347,10 @@ def _on_alarm(signum: int, frame: object) -> None:
     raise TimeoutError
 
 
-def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str) -> dict[str, Any]:
-    """Writes docs/coverage.md (totals per family × source × method, then every row); returns the totals."""
+def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str,
+                pending: Sequence[Case] = ()) -> dict[str, Any]:
+    """Writes docs/coverage.md (totals per family × source × method, then every row, then the cases not
+    run yet); returns the totals."""
     totals: dict[str, Any] = {}
     for o in outcomes:
         family = o.model.split("/")[0]
@@ -380,6 +382,9 @@ def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str) -> dic
         lines.append(
             f"| {o.model} | {o.source} | {o.method} | {result} | {flops} | {sparsity} | {o.seconds:.0f} |"
         )
+    if pending:
+        lines += ["", f"Not run yet ({len(pending)} uploads; `--results FILE` resumes): "
+                  + ", ".join(f"{c.model} ({c.source})" for c in pending)]
     path.write_text("\n".join(lines) + "\n")
     return totals
 
@@ -424,7 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = smallest_first(cases)
     outcomes = done + run_cases(cases, args.workdir, jobs=args.jobs, on_case=record)
     command = " ".join(["python -m tests.coverage.harness", *(argv if argv is not None else sys.argv[1:])])
-    for key, (passed, total) in sorted(write_table(outcomes, args.out, command=command).items()):
+    ran = {(o.model, o.source) for o in outcomes}
+    pending = [c for c in all_cases() if (c.model, c.source) not in ran]
+    totals = write_table(outcomes, args.out, command=command, pending=pending)
+    for key, (passed, total) in sorted(totals.items()):
         print(f"{key}: {passed}/{total}")
     return 0
 
