@@ -210,3 +210,18 @@ def test_resume_continues_the_regularization_phase(image_data: DatasetBundle, tr
     assert resumed.report == reference.report
     for key, value in reference.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_gram_steps_are_bounded_on_stiff_narrow_layers() -> None:
+    """A 2-filter layer with large weights gets a Gram step of at most MAX_GRAM_STEP of its norm (it
+    diverged otherwise); a well-scaled layer's term passes unchanged."""
+    from workers.compression.methods.tpp import MAX_GRAM_STEP, bounded_step, gram_grad
+
+    stiff = torch.full((2, 48, 1, 1), 2.0)
+    term = 1000.0 * gram_grad(stiff, torch.tensor([1.0, 0.0]))
+    step = bounded_step(term, stiff, lr=1e-3)
+    assert float(1e-3 * step.norm()) == pytest.approx(MAX_GRAM_STEP * float(stiff.norm()), rel=1e-5)
+    torch.testing.assert_close(step / step.norm(), term / term.norm())  # same direction
+    calm = torch.randn(16, 16, 3, 3) * 0.05
+    small = 1000.0 * gram_grad(calm, (torch.arange(16) % 2).float())
+    assert bounded_step(small, calm, lr=1e-3) is small

@@ -57,6 +57,37 @@ def gram_grad(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return ((4.0 / w.shape[0] ** 2) * ((w @ w.T) * _off_mask(keep)) @ w).view_as(weight)
 
 
+MAX_GRAM_STEP = 0.25  # of the layer's weight norm, per SGD step (before momentum)
+
+
+def bounded_step(term: torch.Tensor, weight: torch.Tensor, lr: float) -> torch.Tensor:
+    """Scales a Gram gradient down so that one SGD step moves the layer by at most MAX_GRAM_STEP of its norm.
+
+    Deviation from the paper: the Gram term is quartic in W, and its 1/N² makes it strongest on the narrowest
+    layers, so an explicit step diverges once lr·gram_weight·λ·(4/N²)·‖W‖² passes ~1 — a 48→2 squeeze-excite
+    conv of a random-init TinyNet went from ‖W‖ 19 to an infinite gradient in 3 steps. The bound leaves the
+    term's direction and its fixed points alone. On the pretrained CIFAR ResNets it is never reached: their
+    prunable convs take at most 0.11‖W‖ (ResNet-20) and 0.07‖W‖ (ResNet-56) per step at λ = 1, PR 0.5-0.9.
+    """
+    step, limit = lr * float(term.norm()), MAX_GRAM_STEP * float(weight.detach().norm())
+    return term if step <= limit or step == 0.0 else term * (limit / step)
+
+
+_Regularized = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, bool, bool]
+
+
+def _shares_inputs(module: nn.Module) -> bool:
+    """Tells whether every filter of a layer reads the same inputs, which is what the Gram term is about.
+
+    Deviation from the paper (whose networks have none): depthwise and grouped convolutions get the L2
+    pull and the zero-out but no Gram term. Their filters read different channels, so filter correlations
+    say nothing about the layer's Jacobian; and with 9-element depthwise filters the quartic term's gradient
+    at gram_weight 1000 explodes under SGD (EfficientNet, MnasNet and TinyNet diverged in tpp_reg with an
+    infinite gradient norm).
+    """
+    return not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1
+
+
 def _param(module: nn.Module, name: str) -> torch.Tensor | None:
     """Returns the module's tensor `name` (weight, bias, running_mean) or None when it has none."""
     tensor = getattr(module, name, None)
@@ -124,15 +155,17 @@ class TppHooks(StepHooks):
         self.reg_steps = reg_steps
         self.on_ramp_end = on_ramp_end
         self.step = 0  # optimizer steps done in this phase (own count: restored with the hook's state)
-        # (weight, bias, pruned row indices, keep mask m (N,), is_norm) per regularized layer or BN.
-        self._members: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, bool]] = []
+        # (weight, bias, pruned row indices, keep mask m (N,), is_norm, gram) per regularized layer or BN.
+        self._members: list[_Regularized] = []
         for module, rows, is_norm in iter_members(self.plans, model):
             weight, bias = _param(module, "weight"), _param(module, "bias")
             if weight is None:  # a BN without affine: nothing to pull (the zero-out still applies)
                 continue
             keep = torch.ones(weight.shape[0], device=weight.device)
             keep[rows] = 0.0
-            self._members.append((weight, bias, torch.tensor(rows, device=weight.device), keep, is_norm))
+            gram = not is_norm and _shares_inputs(module)
+            pruned = torch.tensor(rows, device=weight.device)
+            self._members.append((weight, bias, pruned, keep, is_norm, gram))
         # Group i is zeroed from step zero_at[i] on: spread over the stabilization steps, all done before
         # the phase ends; with no stabilization every group is zeroed at the last step.
         hold = total_steps - reg_steps
@@ -152,11 +185,12 @@ class TppHooks(StepHooks):
         if lam == 0.0:
             return
         with torch.no_grad():
-            for weight, bias, rows, keep, is_norm in self._members:
+            for weight, bias, rows, keep, is_norm, gram in self._members:
                 if is_norm and not opts.bn_reg:
                     continue
-                if not is_norm and opts.gram_weight > 0:
-                    _add_grad(weight, opts.gram_weight * lam * gram_grad(weight.detach(), keep))
+                if gram and opts.gram_weight > 0:
+                    term = opts.gram_weight * lam * gram_grad(weight.detach(), keep)
+                    _add_grad(weight, bounded_step(term, weight, opts.reg_lr))
                 if is_norm or opts.weight_reg:
                     _add_rows(weight, rows, lam)
                     if bias is not None:
