@@ -38,6 +38,7 @@ class Recipe:
     job_status: str | None = None  # None: the operation names no job
     params: dict[str, str] = field(default_factory=dict)
     upload: bool = False
+    dataset_file: bool = False  # POST /datasets/validate: one multipart `file`
 
 
 RECIPES: dict[tuple[str, str], Recipe] = {
@@ -50,6 +51,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("POST", "/jobs/{job_id}/artifacts/{name}/link"): Recipe("succeeded", {"name": "model.onnx"}),
     ("POST", "/jobs/{job_id}/cancel"): Recipe("queued"),
     ("GET", "/jobs/{job_id}/events"): Recipe("succeeded"),  # SSE; a finished job's stream ends at once
+    ("POST", "/datasets/validate"): Recipe(dataset_file=True),  # tenant-free facts, but keyed: it costs work
 }
 # Operations that need no key: probes and Prometheus metrics (operator data, no tenant's jobs).
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
@@ -128,6 +130,11 @@ async def call(api: SecureApi, key: tuple[str, str], principal: str, job_id: str
     method, path = key
     recipe = RECIPES[key]
     url = path.format(job_id=job_id, **recipe.params)
+    if recipe.dataset_file:
+        from tests.security.uploads import npz_dataset
+
+        files = {"file": ("d.npz", npz_dataset())}
+        return await api.client.post(url, files=files, headers=api.auth(principal))
     if recipe.upload:
         from tests.security.uploads import linear_onnx, npz_dataset
 
@@ -161,6 +168,8 @@ async def check_cell(api: SecureApi, key: tuple[str, str], principal: str) -> tu
         assert status == 404, label
         assert job_state(api, job_id) == ("acme", recipe.job_status), f"{label}: the job changed"
         return status, 200 <= status < 300
+    elif key == ("POST", "/datasets/validate"):  # any tenant may check its own file
+        assert status == 200, label
     elif key == ("GET", "/jobs"):  # another tenant's listing holds only its own jobs
         assert status == 200, label
         assert {job_state(api, job["id"]) for job in response.json()["jobs"]} <= {("globex", "queued")}, label

@@ -163,6 +163,9 @@ def _load_state(module: nn.Module, path: Path, table: TensorTable) -> None:
     # A state dict carries each module's format version (torchvision's MNASNet refuses to load without
     # it); a weights file cannot, and the weights were saved from this same code, so its versions apply.
     loaded._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
+    for key, value in own.items():  # with versions given, BatchNorm no longer fills a missing step counter
+        if key.endswith("num_batches_tracked") and key not in loaded:
+            loaded[key] = value
     module.load_state_dict(loaded, strict=True)
 
 

@@ -80,10 +80,9 @@ def _shares_inputs(module: nn.Module) -> bool:
     """Tells whether every filter of a layer reads the same inputs, which is what the Gram term is about.
 
     Deviation from the paper (whose networks have none): depthwise and grouped convolutions get the L2
-    pull and the zero-out but no Gram term. Their filters read different channels, so filter correlations
-    say nothing about the layer's Jacobian; and with 9-element depthwise filters the quartic term's gradient
-    at gram_weight 1000 explodes under SGD (EfficientNet, MnasNet and TinyNet diverged in tpp_reg with an
-    infinite gradient norm).
+    pull and the zero-out but no Gram term. Their filters read different channels, so the correlation of
+    two flattened filters says nothing about the layer's Jacobian, which the term is meant to keep
+    well-conditioned.
     """
     return not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1
 
