@@ -50,17 +50,17 @@ class HfLogits(nn.Module):
         return logits
 
 
-def build(ref: ArchitectureRef, *, num_classes: int, image_size: int, hf_config: dict[str, Any] | None = None,
-          device: str = "cpu") -> nn.Module:
-    """Builds the library's architecture with random weights for `num_classes` outputs, on `device`
-    ("meta" builds shapes only, to check weights before memory is spent on them)."""
+def build(ref: ArchitectureRef, *, num_classes: int, image_size: int, device: str = "cpu") -> nn.Module:
+    """Builds a torchvision or timm architecture with random weights for `num_classes` outputs, on `device`
+    ("meta" builds shapes only, to check weights before memory is spent on them). Hugging Face
+    checkpoints are built by `load_hf`, with their weights."""
     with _quiet(), torch.device(device):
         try:
             if ref.library == "torchvision":
                 return _torchvision(ref.name, num_classes, image_size)
             if ref.library == "timm":
                 return _timm(ref.name, num_classes, image_size)
-            return _hf(hf_config or {}, num_classes)
+            raise InvalidConfig(f"{ref} is not a torchvision or timm architecture")
         except (InvalidConfig, InvalidModel):
             raise
         except Exception as exc:  # the library's own code refusing the arguments or the config
@@ -171,14 +171,6 @@ def load_hf(folder: Path, config: dict[str, Any]) -> nn.Module:
                            f"{'; '.join(found)}")
     loaded: nn.Module = model
     return loaded
-
-
-def _hf(config: dict[str, Any], num_classes: int) -> nn.Module:
-    """Builds a transformers image classifier from config.json alone (a model type it implements natively)."""
-    cls, hf_config = _hf_class(config)
-    hf_config.num_labels = num_classes
-    model: nn.Module = cls._from_config(hf_config, attn_implementation="eager", dtype=torch.float32)
-    return model
 
 
 def _hf_class(config: dict[str, Any]) -> tuple[Any, Any]:
