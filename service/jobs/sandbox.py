@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import workers
 from service.errors import InvalidRequest, ServiceError, Unavailable
@@ -172,13 +172,7 @@ def _verdict(lines: list[dict[str, Any]], returncode: int, stderr: str) -> Inspe
         return Inspection(str(final["model_format"]), str(final["dataset_format"]),
                           tuple(int(d) for d in final["input_shape"]), int(final["num_classes"]))
     if final is not None:
-        code, message = str(final.get("code")), str(final.get("message", ""))
-        if code in _ENGINE_ERRORS:
-            raise _ENGINE_ERRORS[code](message)
-        if code == RESOURCES_EXCEEDED:
-            raise InvalidRequest(message, code=RESOURCES_EXCEEDED)
-        log.error("upload validator cannot run: %s %s", code, message)
-        raise ServiceError("the upload validator could not run; it has been logged", code=VALIDATOR_BROKEN)
+        _refuse(final, "upload validator")
     stages = [str(line["stage"]) for line in lines if "stage" in line]
     if returncode < 0 and -returncode in _LIMIT_SIGNALS:
         raise InvalidRequest("checking the uploads went past the validation limits (CPU time or file "
@@ -190,6 +184,17 @@ def _verdict(lines: list[dict[str, Any]], returncode: int, stderr: str) -> Inspe
     log.warning("upload validator crashed on the %s (exit %s): %s", stage, returncode, stderr[-2000:])
     raise _STAGE_ERRORS[stage](f"the {stage} file crashed the parser (exit status {returncode}); it is "
                                "refused")
+
+
+def _refuse(final: dict[str, Any], checker: str) -> NoReturn:
+    """Raises what a child's failed final line says: the engine's refusal, a limit, or a server fault."""
+    code, message = str(final.get("code")), str(final.get("message", ""))
+    if code in _ENGINE_ERRORS:
+        raise _ENGINE_ERRORS[code](message)
+    if code == RESOURCES_EXCEEDED:
+        raise InvalidRequest(message, code=RESOURCES_EXCEEDED)
+    log.error("%s cannot run: %s %s", checker, code, message)
+    raise ServiceError(f"the {checker} could not run; it has been logged", code=VALIDATOR_BROKEN)
 
 
 def check_dataset_file(path: Path, settings: Settings) -> dict[str, Any]:
@@ -204,13 +209,7 @@ def check_dataset_file(path: Path, settings: Settings) -> dict[str, Any]:
     if final is not None and final["ok"] is True:
         return {k: v for k, v in final.items() if k != "ok"}
     if final is not None:
-        code, message = str(final.get("code")), str(final.get("message", ""))
-        if code in _ENGINE_ERRORS:
-            raise _ENGINE_ERRORS[code](message)
-        if code == RESOURCES_EXCEEDED:
-            raise InvalidRequest(message, code=RESOURCES_EXCEEDED)
-        log.error("dataset checker cannot run: %s %s", code, message)
-        raise ServiceError("the dataset checker could not run; it has been logged", code=VALIDATOR_BROKEN)
+        _refuse(final, "dataset checker")
     if returncode < 0 and -returncode in _LIMIT_SIGNALS:
         raise InvalidRequest("checking the dataset went past the validation limits (CPU time or file "
                              "writes); it is refused", code=RESOURCES_EXCEEDED)
