@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.engine.image_archives import write_archive
 from workers.compression.archives import ArchiveLimits, read_image_folder
 from workers.compression.config import DataOptions
 from workers.compression.datasets import load_dataset
@@ -43,24 +44,9 @@ LAYOUT = {
 }
 
 
-def _write(path: Path, kind: Kind, members: dict[str, bytes]) -> Path:
-    """Writes `members` into a zip, tar or tar.gz at `path`."""
-    if kind == "zip":
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, data in members.items():
-                zf.writestr(name, data)
-        return path
-    with tarfile.open(path, "w:gz" if kind == "tar.gz" else "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
 def _tar_with(path: Path, info: tarfile.TarInfo) -> Path:
     """Writes a tar holding the good layout plus one special member."""
-    _write(path, "tar", LAYOUT)
+    write_archive(path, "tar", LAYOUT)
     with tarfile.open(path, "a") as tf:
         tf.addfile(info)
     return path
@@ -69,7 +55,7 @@ def _tar_with(path: Path, info: tarfile.TarInfo) -> Path:
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
 def test_layout_reads_into_sorted_labelled_arrays(tmp_path: Path, kind: Kind) -> None:
     """Each container gives the same NCHW uint8 arrays, sorted by name, labels by sorted class name."""
-    x_train, y_train, x_val, y_val = read_image_folder(_write(tmp_path / "d", kind, LAYOUT), kind)
+    x_train, y_train, x_val, y_val = read_image_folder(write_archive(tmp_path / "d", kind, LAYOUT), kind)
     assert x_train.shape == (3, 3, 4, 4)
     assert x_train.dtype == np.uint8
     assert y_train.tolist() == [0, 0, 1]  # cat/a, cat/b, dog/x
@@ -83,17 +69,17 @@ def test_root_folder_clutter_grayscale_and_palette(tmp_path: Path) -> None:
     """One wrapping folder and macOS clutter are fine; palette PNGs become RGB, grayscale stays 1-channel."""
     members = {"data/train/a/0.png": _png(5, mode="P"), "data/val/a/1.png": _png(6, mode="P"),
                "__MACOSX/data/._x": b"junk", "data/.DS_Store": b"junk"}
-    x_train, _, _, _ = read_image_folder(_write(tmp_path / "d.zip", "zip", members), "zip")
+    x_train, _, _, _ = read_image_folder(write_archive(tmp_path / "d.zip", "zip", members), "zip")
     assert x_train.shape == (1, 3, 4, 4)
     gray = {"train/a/0.png": _png(5, mode="L"), "val/a/1.png": _png(6, mode="L")}
-    x_train, _, x_val, _ = read_image_folder(_write(tmp_path / "g.zip", "zip", gray), "zip")
+    x_train, _, x_val, _ = read_image_folder(write_archive(tmp_path / "g.zip", "zip", gray), "zip")
     assert x_train.shape == (1, 1, 4, 4)
     assert int(x_val[0, 0, 0, 0]) == 6
 
 
 def test_load_dataset_reads_an_image_tar_gz(tmp_path: Path) -> None:
     """load_dataset sniffs the container and builds a normalized bundle from the images."""
-    path = _write(tmp_path / "upload.bin", "tar.gz", LAYOUT)
+    path = write_archive(tmp_path / "upload.bin", "tar.gz", LAYOUT)
     bundle = load_dataset(path, DataOptions())
     assert bundle.input_shape == (3, 4, 4)
     assert bundle.num_classes == 2
@@ -138,14 +124,14 @@ def test_tar_links_and_devices_are_refused(tmp_path: Path, make: Callable[[], ta
 @pytest.mark.parametrize("kind", ["zip", "tar"])
 def test_unsafe_names_are_refused(tmp_path: Path, kind: Kind, name: str, words: str) -> None:
     """Absolute paths, traversal, backslashes and nested archives are refused in zip and tar alike."""
-    path = _write(tmp_path / "d", kind, {**LAYOUT, name: _png(1)})
+    path = write_archive(tmp_path / "d", kind, {**LAYOUT, name: _png(1)})
     with pytest.raises(InvalidDataset, match=words):
         read_image_folder(path, kind)
 
 
 def test_zip_symlink_is_refused(tmp_path: Path) -> None:
     """A ZIP entry whose Unix mode says symlink is refused."""
-    path = _write(tmp_path / "d.zip", "zip", LAYOUT)
+    path = write_archive(tmp_path / "d.zip", "zip", LAYOUT)
     with zipfile.ZipFile(path, "a") as zf:
         info = zipfile.ZipInfo("train/cat/link.png")
         info.external_attr = (0o120777 << 16)
@@ -156,7 +142,7 @@ def test_zip_symlink_is_refused(tmp_path: Path) -> None:
 
 def test_zip_bomb_is_refused(tmp_path: Path) -> None:
     """A member that expands ~1000x is refused from its header, before it is inflated."""
-    path = _write(tmp_path / "bomb.zip", "zip", {**LAYOUT, "train/cat/zeros.png": bytes(4 << 20)})
+    path = write_archive(tmp_path / "bomb.zip", "zip", {**LAYOUT, "train/cat/zeros.png": bytes(4 << 20)})
     assert path.stat().st_size < 64 << 10
     with pytest.raises(InvalidDataset, match="zip bomb"):
         read_image_folder(path, "zip")
@@ -164,7 +150,7 @@ def test_zip_bomb_is_refused(tmp_path: Path) -> None:
 
 def test_tar_gz_bomb_is_refused_while_streaming(tmp_path: Path) -> None:
     """A .tar.gz whose stream expands far beyond its compressed size is stopped mid-read."""
-    path = _write(tmp_path / "bomb.tgz", "tar.gz", {**LAYOUT, "train/cat/zeros.png": bytes(4 << 20)})
+    path = write_archive(tmp_path / "bomb.tgz", "tar.gz", {**LAYOUT, "train/cat/zeros.png": bytes(4 << 20)})
     with pytest.raises(InvalidDataset, match="decompression bomb"):
         read_image_folder(path, "tar.gz")
 
@@ -179,7 +165,7 @@ def test_tar_gz_bomb_is_refused_while_streaming(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
 def test_limits_are_enforced(tmp_path: Path, kind: Kind, limits: ArchiveLimits, words: str) -> None:
     """Member count, per-file size, total size and decoded size each have a limit."""
-    path = _write(tmp_path / "d", kind, LAYOUT)
+    path = write_archive(tmp_path / "d", kind, LAYOUT)
     with pytest.raises(InvalidDataset, match=words):
         read_image_folder(path, kind, limits)
 
@@ -200,7 +186,7 @@ def test_huge_declared_png_is_refused_before_decoding(
 ) -> None:
     """A PNG header declaring too many pixels is refused without allocating them."""
     before = Image.MAX_IMAGE_PIXELS
-    path = _write(tmp_path / "d.zip", "zip", {**LAYOUT, "train/cat/huge.png": _png_header(side, side)})
+    path = write_archive(tmp_path / "d.zip", "zip", {**LAYOUT, "train/cat/huge.png": _png_header(side, side)})
     with pytest.raises(InvalidDataset, match="limit"):
         read_image_folder(path, "zip", limits)
     assert before == Image.MAX_IMAGE_PIXELS  # Pillow's global is restored
@@ -218,7 +204,7 @@ def test_huge_declared_png_is_refused_before_decoding(
 )
 def test_malformed_content_is_refused(tmp_path: Path, extra: dict[str, bytes], words: str) -> None:
     """Mixed sizes or modes, non-images, corrupt images, wrong layout and unknown val classes are refused."""
-    path = _write(tmp_path / "d.zip", "zip", {**LAYOUT, **extra})
+    path = write_archive(tmp_path / "d.zip", "zip", {**LAYOUT, **extra})
     with pytest.raises(InvalidDataset, match=words):
         read_image_folder(path, "zip")
 
@@ -227,8 +213,8 @@ def test_missing_val_and_truncated_archive_are_refused(tmp_path: Path) -> None:
     """An archive without val/ images, or cut short, is an invalid dataset."""
     only_train = {k: v for k, v in LAYOUT.items() if k.startswith("train/")}
     with pytest.raises(InvalidDataset, match="both train"):
-        read_image_folder(_write(tmp_path / "t.zip", "zip", only_train), "zip")
-    path = _write(tmp_path / "d.tgz", "tar.gz", LAYOUT)
+        read_image_folder(write_archive(tmp_path / "t.zip", "zip", only_train), "zip")
+    path = write_archive(tmp_path / "d.tgz", "tar.gz", LAYOUT)
     path.write_bytes(path.read_bytes()[:-60])
     with pytest.raises(InvalidDataset, match="truncated or corrupt"):
         read_image_folder(path, "tar.gz")
