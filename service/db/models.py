@@ -22,7 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["STATUSES", "ApiKey", "Base", "Job", "JobEvent", "UTCDateTime", "new_job_id", "utcnow"]
+__all__ = ["INPUT_KINDS", "STATUSES", "ApiKey", "Base", "InputFile", "Job", "JobEvent", "UTCDateTime",
+           "new_job_id", "utcnow"]
 
 STATUSES: tuple[str, ...] = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 
@@ -107,6 +108,10 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Stored inputs and reruns (issue 14, migration 0003): null for a job whose files came with its POST.
+    model_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    rerun_of: Mapped[str | None] = mapped_column(String(36), index=True)
 
 
 class JobEvent(Base):
@@ -136,3 +141,26 @@ class ApiKey(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+# --- Stored inputs (issue 14, migration 0003) ---
+INPUT_KINDS: tuple[str, ...] = ("model", "dataset")
+
+
+class InputFile(Base):
+    """A tenant's reusable model or dataset (`POST /models`, `POST /datasets`): one row per distinct content."""
+
+    __tablename__ = "input_files"
+    __table_args__ = (
+        CheckConstraint("kind IN ('model', 'dataset')", name="ck_input_files_kind"),
+        UniqueConstraint("tenant", "kind", "sha256", name="uq_input_files_tenant_kind_sha256"),
+        Index("ix_input_files_tenant_kind_created", "tenant", "kind", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    tenant: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
