@@ -5,7 +5,7 @@ next layers' in-channels — across concatenations, depthwise and grouped convol
 residual adds and attention heads. The same code serves the zoo (option-A ResNets, VGGs), torchvision/timm/
 Hugging Face models and ONNX-imported graphs whose module names mean nothing.
 
-The analysis is bounded: tracing, the group search and each removal run under a wall-clock budget, and
+The analysis is bounded: tracing, the group search and each removal run under a CPU-time budget, and
 anything torch-pruning raises becomes an `UnsupportedOp` naming the module or op it was looking at.
 """
 
@@ -388,7 +388,7 @@ def _working(model: nn.Module, example: torch.Tensor, groups: list[Group],
                     pending += [subset[len(subset) // 2:], subset[: len(subset) // 2]]
                 subset = []
     except BudgetSpent:
-        why = f"not verified within the {GRAPH_BUDGET_S:g} s analysis budget"
+        why = f"not verified within the {GRAPH_BUDGET_S:g} CPU-second analysis budget"
         skipped += [(g.root, why) for g in subset + [g for rest in pending for g in rest]]
     skipped += [(g.root, f"removing its channels breaks the model ({why[:160]})") for g, why in broken]
     return [g for g in groups if g in cleared]

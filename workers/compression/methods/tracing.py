@@ -1,5 +1,5 @@
 """Tracing a model into torch-pruning's dependency graph, bounded in time and index size, with every
-failure typed: `analysis` runs a body under a wall-clock budget and turns what torch-pruning raises into
+failure typed: `analysis` runs a body under a CPU-time budget and turns what torch-pruning raises into
 `UnsupportedOp` naming the module or op it was handling; `trace` builds the graph and says where groups must
 end (channel shuffles, nodes whose channels torch-pruning cannot infer).
 """
@@ -49,13 +49,15 @@ def culprit(exc: BaseException, names: dict[Any, str]) -> str:
     return "an unnamed op"
 
 
-_deadline = threading.local()  # .at: monotonic deadline of the analysis running in this thread, if any
+# .at: the deadline, in this thread's CPU seconds, of the analysis running in it, if any. CPU time rather than
+# wall time, so that a busy machine (other workers, other jobs) does not fail a graph that fits the budget.
+_deadline = threading.local()
 
 
 def check_deadline() -> None:
     """Raises `_Overrun` when this thread's analysis has spent its budget (a no-op outside one)."""
     at = getattr(_deadline, "at", None)
-    if at is not None and time.monotonic() > at:
+    if at is not None and time.thread_time() > at:
         raise _Overrun
 
 
@@ -65,20 +67,21 @@ class BudgetSpent(UnsupportedOp):
 
 @contextmanager
 def analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[None]:
-    """Runs the body under a wall-clock budget and maps whatever torch-pruning raises to UnsupportedOp.
+    """Runs the body under a CPU-time budget and maps whatever torch-pruning raises to UnsupportedOp.
 
     The budget is checked cooperatively, at every dependency torch-pruning adds to a group (where its
     search once grew for 15+ minutes) and between groups: an exception injected from another thread could
     land inside a context manager's exit and leave process-wide state (a torch function mode) behind.
     """
     outer = getattr(_deadline, "at", None)
-    _deadline.at = time.monotonic() + budget_s if outer is None else min(outer, time.monotonic() + budget_s)
+    mine = time.thread_time() + budget_s
+    _deadline.at = mine if outer is None else min(outer, mine)
     try:
         yield
     except _Overrun as exc:
         raise BudgetSpent(
-            f"{what} exceeded its {budget_s:g} s budget at {culprit(exc, names)}: the graph is too large or "
-            "too irregular to analyse; use an unstructured method (magnitude, weightmom)") from None
+            f"{what} exceeded its {budget_s:g} CPU-second budget at {culprit(exc, names)}: the graph is too "
+            "large or too irregular to analyse; use an unstructured method (magnitude, weightmom)") from None
     except CompressionError:
         raise
     except Exception as exc:  # torch-pruning's own failures (KeyError, ZeroDivisionError, asserts, ...)
