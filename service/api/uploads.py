@@ -1,4 +1,5 @@
-"""Streams the multipart body of `POST /jobs` into the object store as it arrives, never whole in memory.
+"""Streams a multipart upload (`POST /jobs`, `POST /models`, `POST /datasets`) into the object store as it
+arrives, never whole in memory.
 
 The body is parsed incrementally (python-multipart over `request.stream()`): bytes are counted as they
 come, so the size limit bites when it is crossed whatever Content-Length claimed; each file's first 64 KiB
@@ -7,6 +8,7 @@ are sniffed before the rest is stored, so a pickle is refused after one chunk, n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,10 +27,9 @@ from workers.compression.errors import InvalidConfig
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-__all__ = ["ReceivedUpload", "receive_job_upload"]
+__all__ = ["ReceivedUpload", "receive_file_upload", "receive_job_upload"]
 
 FILE_PARTS: tuple[InputKind, ...] = ("model", "dataset")
-PARTS = (*FILE_PARTS, "config")
 _FLUSH = 1024 * 1024  # bytes gathered before one store write (a worker thread call)
 
 
@@ -45,6 +46,7 @@ class ReceivedUpload:
 class _FilePart:
     """A file part being stored: its writer, first bytes (for sniffing) and bytes not yet written."""
 
+    name: str
     kind: InputKind
     key: str
     writer: ObjectWriter
@@ -87,10 +89,16 @@ class _Events:
 
 
 class _Receiver:
-    """Consumes one request body: routes each part to its store writer or the config buffer."""
+    """Consumes one request body: routes each file part to its store writer, a `config` part to a buffer.
 
-    def __init__(self, jobs: JobService, tenant: str, job_id: str) -> None:
-        self.jobs, self.tenant, self.job_id = jobs, tenant, job_id
+    `targets` maps each expected file part's name to what it holds and the key it is stored under;
+    `cleanup` removes whatever was stored when the request fails.
+    """
+
+    def __init__(self, jobs: JobService, targets: dict[str, tuple[InputKind, str]], *, config: bool,
+                 cleanup: Callable[[], None]) -> None:
+        self.jobs, self.targets, self.cleanup = jobs, targets, cleanup
+        self.parts = (*targets, "config") if config else tuple(targets)
         self.limit = jobs.settings.max_upload_bytes
         self.seen: set[str] = set()
         self.files: dict[str, StoredInput] = {}
@@ -98,20 +106,26 @@ class _Receiver:
         self.current: _FilePart | bytearray | None = None
         self.done = False
 
-    async def run(self, request: Request) -> ReceivedUpload:
+    @property
+    def expected(self) -> str:
+        """The expected part names, for messages ("model, dataset and config")."""
+        *rest, last = self.parts
+        return f"{', '.join(rest)} and {last}" if rest else last
+
+    async def run(self, request: Request) -> None:
         """Parses and stores the whole body; on any failure removes everything stored, then re-raises."""
         try:
-            return await self._receive(request)
+            await self._receive(request)
         except BaseException:
             with anyio.CancelScope(shield=True):  # clean up even when the request is being cancelled
                 if isinstance(self.current, _FilePart):
                     await anyio.to_thread.run_sync(self.current.writer.abort)
-                await anyio.to_thread.run_sync(self.jobs.discard, self.tenant, self.job_id)
+                await anyio.to_thread.run_sync(self.cleanup)
             raise
 
-    async def _receive(self, request: Request) -> ReceivedUpload:
+    async def _receive(self, request: Request) -> None:
         """Feeds the body to the parser chunk by chunk, counting bytes, then checks every part arrived."""
-        boundary = _boundary(request)
+        boundary = _boundary(request, self.expected)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit:
             raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {self.limit}")
@@ -128,13 +142,10 @@ class _Receiver:
         await self._replay(events)
         if not self.done:
             raise BadRequest("the multipart body ended before its closing boundary")
-        missing = [name for name in PARTS if name not in self.seen]
+        missing = [name for name in self.parts if name not in self.seen]
         if missing:
-            raise InvalidRequest(f"missing part(s): {', '.join(missing)}; send model, dataset and config",
+            raise InvalidRequest(f"missing part(s): {', '.join(missing)}; send {self.expected}",
                                  code="missing_part")
-        assert self.config is not None
-        files = self.files
-        return ReceivedUpload(config_text=self.config, model=files["model"], dataset=files["dataset"])
 
     async def _replay(self, events: _Events) -> None:
         """Acts on the recorded parser events in order (opening parts, writing data, closing parts)."""
@@ -155,19 +166,17 @@ class _Receiver:
         name = options.get(b"name", b"").decode("utf-8", "replace")
         if kind != b"form-data" or not name:
             raise BadRequest("every part needs `Content-Disposition: form-data; name=...`")
-        if name not in PARTS:
-            raise InvalidRequest(f"unexpected part {name!r}; send model, dataset and config",
-                                 code="unexpected_part")
+        if name not in self.parts:
+            raise InvalidRequest(f"unexpected part {name!r}; send {self.expected}", code="unexpected_part")
         if name in self.seen:
             raise InvalidRequest(f"part {name!r} was sent twice", code="duplicate_part")
         self.seen.add(name)
         if name == "config":
             self.current = bytearray()
             return
-        file_kind: InputKind = "model" if name == "model" else "dataset"
-        key = self.jobs.input_key(self.tenant, self.job_id, file_kind)
+        file_kind, key = self.targets[name]
         writer = await anyio.to_thread.run_sync(self.jobs.store.open_writer, key)
-        self.current = _FilePart(kind=file_kind, key=key, writer=writer)
+        self.current = _FilePart(name=name, kind=file_kind, key=key, writer=writer)
 
     async def _data(self, data: bytes) -> None:
         """Adds bytes to the current part: sniffs a file's head once complete, writes in ~1 MiB batches."""
@@ -205,16 +214,16 @@ class _Receiver:
             await anyio.to_thread.run_sync(part.writer.write, bytes(part.pending))
         size, sha256 = await anyio.to_thread.run_sync(part.writer.commit)
         self.current = None
-        self.files[part.kind] = StoredInput(key=part.key, size=size, sha256=sha256, head=bytes(part.head),
+        self.files[part.name] = StoredInput(key=part.key, size=size, sha256=sha256, head=bytes(part.head),
                                             format=fmt)
 
 
-def _boundary(request: Request) -> bytes:
+def _boundary(request: Request, expected: str) -> bytes:
     """Returns the multipart boundary of the request; 415 when the body is not multipart/form-data."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary", b"")
     if content_type != b"multipart/form-data" or not boundary:
-        raise UnsupportedMediaType("send multipart/form-data with the parts model, dataset and config")
+        raise UnsupportedMediaType(f"send multipart/form-data with the part(s) {expected}")
     return boundary
 
 
@@ -230,4 +239,18 @@ async def receive_job_upload(
     request: Request, *, jobs: JobService, tenant: str, job_id: str
 ) -> ReceivedUpload:
     """Receives a `POST /jobs` body into storage under the new job's keys; nothing is left on failure."""
-    return await _Receiver(jobs, tenant, job_id).run(request)
+    targets: dict[str, tuple[InputKind, str]] = {k: (k, jobs.input_key(tenant, job_id, k)) for k in FILE_PARTS}
+    receiver = _Receiver(jobs, targets, config=True, cleanup=lambda: jobs.discard(tenant, job_id))
+    await receiver.run(request)
+    assert receiver.config is not None  # `run` checked that every part arrived
+    files = receiver.files
+    return ReceivedUpload(config_text=receiver.config, model=files["model"], dataset=files["dataset"])
+
+
+async def receive_file_upload(
+    request: Request, *, jobs: JobService, kind: InputKind, key: str, cleanup: Callable[[], None]
+) -> StoredInput:
+    """Receives a body whose one part `file` is a model or dataset into `key`, sniffed as job uploads are."""
+    receiver = _Receiver(jobs, {"file": (kind, key)}, config=False, cleanup=cleanup)
+    await receiver.run(request)
+    return receiver.files["file"]

@@ -148,7 +148,7 @@ INPUT_KINDS: tuple[str, ...] = ("model", "dataset")
 
 
 class InputFile(Base):
-    """A tenant's reusable model or dataset (`POST /models`, `POST /datasets`): one row per distinct content."""
+    """A tenant's reusable model or dataset (`POST /models`, `POST /datasets`), one row per content."""
 
     __tablename__ = "input_files"
     __table_args__ = (

@@ -25,12 +25,14 @@ def admit_uploads(*, settings: Settings, sessions: sessionmaker[Session], store:
                   config: JobConfig, model: StoredInput, dataset: StoredInput) -> str:
     """Checks the quota with the new bytes, then validates both files (sandboxed); returns the dataset format.
 
+    Stored inputs a job names by id are counted once already (as stored inputs): they add no bytes here.
+
     With `validate_uploads` off only the cheap checks run here (the head sniff already ran while the
     upload streamed in; a ZIP dataset is classified by its member names); the worker validates in full.
     """
     with session_scope(sessions) as session:
         used = repository.stored_input_bytes(session, tenant=tenant)
-    check_storage(settings, used, model.size + dataset.size)
+    check_storage(settings, used, sum(f.size for f in (model, dataset) if f.input_id is None))
     if settings.validate_uploads:
         return inspect_uploads(store, settings, model=model, dataset=dataset,
                                architecture=config.architecture).dataset_format

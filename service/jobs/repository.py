@@ -8,11 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, and_, delete, func, literal, or_, select, update
+from sqlalchemy import CursorResult, Update, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import Job, JobEvent, UTCDateTime, utcnow
 from service.jobs.states import ACTIVE, TERMINAL, sources_of
+from service.jobs.stored_inputs_repository import input_bytes
 
 __all__ = [
     "claim_job",
@@ -195,6 +196,9 @@ def count_unfinished_jobs(session: Session, *, tenant: str) -> int:
 
 
 def stored_input_bytes(session: Session, *, tenant: str) -> int:
-    """Sums the uploaded bytes (model + dataset) of every job the tenant keeps: its storage use."""
-    stmt = select(func.coalesce(func.sum(Job.model_bytes + Job.dataset_bytes), 0)).where(Job.tenant == tenant)
-    return int(session.execute(stmt).scalar_one())
+    """Sums the tenant's storage use: each kept job's own uploads, plus its stored inputs once each (a job
+    that names a stored model or dataset adds nothing for it)."""
+    own = (case((Job.model_id.is_(None), Job.model_bytes), else_=0)
+           + case((Job.dataset_id.is_(None), Job.dataset_bytes), else_=0))
+    stmt = select(func.coalesce(func.sum(own), 0)).where(Job.tenant == tenant)
+    return int(session.execute(stmt).scalar_one()) + input_bytes(session, tenant=tenant)

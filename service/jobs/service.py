@@ -35,13 +35,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StoredInput:
-    """An uploaded file as stored: its key, size, sha256, first bytes and the format sniffed from them."""
+    """An uploaded file as stored: its key, size, sha256, first bytes and the format sniffed from them.
+
+    `input_id` is set for a stored input (`POST /models`, `POST /datasets`) that a job names by its id.
+    """
 
     key: str
     size: int
     sha256: str
     head: bytes
     format: str
+    input_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,15 @@ class JobService:
             return repository.get_job_by_idempotency_key(session, tenant=tenant, key=idempotency_key)
 
     def submit(self, *, tenant: str, job_id: str, config_text: str, model: StoredInput, dataset: StoredInput,
-               idempotency_key: str | None) -> tuple[Job, bool]:
+               idempotency_key: str | None, rerun_of: str | None = None) -> tuple[Job, bool]:
         """Checks and records a job whose inputs are stored, then wakes a worker; returns (job, created).
 
-        Any failure deletes the stored inputs: no half-written row, no orphaned object.
+        Any failure deletes the job's own uploads (stored inputs it names stay): no half-written row, no
+        orphaned object. `rerun_of` names the job this one reruns.
         """
         try:
             job, created = self._record(tenant=tenant, job_id=job_id, config_text=config_text, model=model,
-                                        dataset=dataset, idempotency_key=idempotency_key)
+                                        dataset=dataset, idempotency_key=idempotency_key, rerun_of=rerun_of)
         except BaseException:
             self.discard(tenant, job_id)
             raise
@@ -119,7 +124,7 @@ class JobService:
         return job, created
 
     def _record(self, *, tenant: str, job_id: str, config_text: str, model: StoredInput, dataset: StoredInput,
-                idempotency_key: str | None) -> tuple[Job, bool]:
+                idempotency_key: str | None, rerun_of: str | None) -> tuple[Job, bool]:
         """Validates the submission and inserts the queued job (committed on return)."""
         config = parse_config(config_text)
         check_model_fits(config, model.format)
@@ -130,7 +135,8 @@ class JobService:
         job = Job(id=job_id, tenant=tenant, status="queued", config=normalized, progress={},
                   max_attempts=self.settings.max_attempts, model_sha256=model.sha256, model_bytes=model.size,
                   model_format=model.format, dataset_sha256=dataset.sha256, dataset_bytes=dataset.size,
-                  dataset_format=dataset_format, idempotency_key=idempotency_key, request_hash=request_hash)
+                  dataset_format=dataset_format, idempotency_key=idempotency_key, request_hash=request_hash,
+                  model_id=model.input_id, dataset_id=dataset.input_id, rerun_of=rerun_of)
         try:
             with session_scope(self.sessions) as session:
                 if idempotency_key is not None:

@@ -1,6 +1,7 @@
 """Object keys, derived from (tenant, job id), never from user input: each job owns one folder.
 
-Layout: `tenants/<tenant>/jobs/<job id>/{inputs/model, inputs/dataset, artifacts/<name>, checkpoints/latest}`.
+Layout: `tenants/<tenant>/jobs/<job id>/{inputs/model, inputs/dataset, artifacts/<name>, checkpoints/latest}`,
+and `tenants/<tenant>/inputs/<input id>` for a stored model or dataset (`POST /models`, `POST /datasets`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "checkpoint_key",
     "input_key",
     "job_prefix",
+    "stored_input_key",
 ]
 
 InputKind = Literal["model", "dataset"]
@@ -43,13 +45,23 @@ def _is_uuid(text: str) -> bool:
         return False
 
 
-def job_prefix(tenant: str, job_id: str) -> str:
-    """Returns the folder (ending in "/") that holds every object of one job."""
+def _tenant_folder(tenant: str, object_id: str, what: str) -> str:
+    """Returns `tenants/<tenant>/` after checking the tenant and that the object id is a canonical UUID."""
     if not _TENANT.fullmatch(tenant):
         raise ValueError(f"invalid tenant {tenant!r}")
-    if not _is_uuid(job_id):
-        raise ValueError(f"invalid job id {job_id!r}")
-    return f"tenants/{tenant}/jobs/{job_id}/"
+    if not _is_uuid(object_id):
+        raise ValueError(f"invalid {what} id {object_id!r}")
+    return f"tenants/{tenant}/"
+
+
+def job_prefix(tenant: str, job_id: str) -> str:
+    """Returns the folder (ending in "/") that holds every object of one job."""
+    return f"{_tenant_folder(tenant, job_id, 'job')}jobs/{job_id}/"
+
+
+def stored_input_key(tenant: str, input_id: str) -> str:
+    """Returns the key of a stored model or dataset (shared by every job that names its id)."""
+    return f"{_tenant_folder(tenant, input_id, 'input')}inputs/{input_id}"
 
 
 def input_key(tenant: str, job_id: str, kind: InputKind) -> str:
