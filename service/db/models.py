@@ -22,8 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["INPUT_KINDS", "STATUSES", "ApiKey", "Base", "InputFile", "Job", "JobEvent", "UTCDateTime",
-           "new_job_id", "utcnow"]
+__all__ = ["INPUT_KINDS", "STATUSES", "ApiKey", "Base", "InputFile", "Job", "JobEvent", "Sweep", "SweepPoint",
+           "UTCDateTime", "new_job_id", "utcnow"]
 
 STATUSES: tuple[str, ...] = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 
@@ -141,6 +141,39 @@ class ApiKey(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class Sweep(Base):
+    """A sweep (issue 14): one model, one dataset and one config tried at several targets, one job each.
+
+    `baseline` holds the dense model's measurement, written by the first of its jobs to measure it and
+    reused by the others (workers/sweep_baseline.py); its status is derived from its points' jobs.
+    """
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_tenant_created", "tenant", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    tenant: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[str] = mapped_column(String(36))
+    dataset_id: Mapped[str] = mapped_column(String(36))
+    config: Mapped[dict[str, Any]]
+    baseline: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cancelled_at: Mapped[datetime | None]
+
+
+class SweepPoint(Base):
+    """One point of a sweep: its position, its target and the job that runs it."""
+
+    __tablename__ = "sweep_points"
+    __table_args__ = (UniqueConstraint("job_id", name="uq_sweep_points_job"),)
+
+    sweep_id: Mapped[str] = mapped_column(String(36), ForeignKey("sweeps.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"))
+    target: Mapped[dict[str, Any]]
 
 
 # --- Stored inputs (issue 14, migration 0003) ---
