@@ -6,13 +6,17 @@ are; these classes cover what only the service can refuse.
 
 from __future__ import annotations
 
+from service.bounds import bounded
+
 __all__ = [
     "BadRequest",
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidRequest",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServiceError",
     "TooManyRequests",
     "Unauthorized",
@@ -30,6 +34,7 @@ class ServiceError(Exception):
     def __init__(
         self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
     ) -> None:
+        message = bounded(message)  # a message may quote client input: never longer than a fixed bound
         super().__init__(message)
         self.message = message
         self.headers = headers or {}  # e.g. Retry-After, WWW-Authenticate
@@ -61,6 +66,12 @@ class NotFound(ServiceError):
     status, code = 404, "not_found"
 
 
+class RequestTimeout(ServiceError):
+    """The client sent its request body too slowly (a slow-client attack, or a dead link)."""
+
+    status, code = 408, "request_timeout"
+
+
 class Conflict(ServiceError):
     """The resource's state forbids the action (codes: not_ready, already_finished, not_finished, …)."""
 
@@ -89,6 +100,12 @@ class TooManyRequests(ServiceError):
     """The caller went over a rate or concurrency limit; `Retry-After` says when to try again."""
 
     status, code = 429, "rate_limited"
+
+
+class InsufficientStorage(ServiceError):
+    """The server's disk (or quota) is full: nothing was kept; retrying later may work."""
+
+    status, code = 507, "insufficient_storage"
 
 
 class Unavailable(ServiceError):

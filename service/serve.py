@@ -5,6 +5,13 @@ local folder, and a Celery worker started as a child (`secateur worker`, the sam
 restarted if it dies and stopped on exit. The API binds 127.0.0.1 by default, and refuses to serve without
 authentication on any other address.
 
+The worker never outlives this process: on Linux it is started with a parent-death signal (SIGTERM, the
+worker's warm shutdown, when this process dies even by SIGKILL), and its pid is kept in
+`DATA_DIR/embedded-worker.pid`, so a restarted `secateur serve` stops a worker a crashed one left behind
+(wherever the signal is not available) before starting its own. Slow clients are cut off: request headers
+must arrive within `header_read_timeout_s` (service/api/http_protocol.py), and the open-file limit is
+raised to its hard limit so idle connections cannot starve `/healthz` of descriptors.
+
 Embedded broker (the transport that needs no server) is whatever `Settings.broker_url` defaults to,
 shared by the API's producer and the worker through `service.queue.broker_options`. Measured while
 choosing it (a real `celery worker`, prefork, early ack): kombu's filesystem transport and its SQLAlchemy
@@ -20,14 +27,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from service.settings import Settings, get_settings
@@ -36,13 +46,34 @@ __all__ = ["WorkerProcess", "main"]
 
 log = logging.getLogger(__name__)
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff between restarts of a worker that keeps dying
+PID_FILE = "embedded-worker.pid"
+_PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent thread dies
+_WORKER_MARK = b"service.cli\x00worker"  # in /proc/<pid>/cmdline of an embedded worker
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that asks Linux to SIGTERM the child when this process dies; None elsewhere.
+
+    Resolved here, in the parent: the child only calls prctl and getppid, nothing that allocates or locks.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return preexec
 
 
 class WorkerProcess:
     """The embedded worker: `secateur worker` as a child in its own process group, restarted if it exits."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
-        self.argv, self.env = list(argv), env
+    def __init__(self, argv: Sequence[str], env: dict[str, str], pid_file: Path | None = None) -> None:
+        self.argv, self.env, self.pid_file = list(argv), env, pid_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stopping = threading.Event()
@@ -50,16 +81,25 @@ class WorkerProcess:
         self._watcher = threading.Thread(target=self._watch, name="embedded-worker-watch", daemon=True)
 
     def start(self) -> WorkerProcess:
-        """Starts the worker and the thread that restarts it when it exits unexpectedly."""
+        """Stops a worker an earlier server left behind, starts this one and the thread that restarts it."""
+        if self.pid_file is not None:
+            stop_stray_worker(self.pid_file)
         self._spawn()
         self._watcher.start()
         return self
 
     def _spawn(self) -> None:
-        """Starts one worker process; its own session, so a terminal's Ctrl+C reaches only the API."""
+        """Starts one worker process; its own session, so a terminal's Ctrl+C reaches only the API.
+
+        The parent-death signal follows the thread that forks (here, the main or the watcher thread): both
+        live as long as the service does.
+        """
         with self._lock:
             if not self._stopping.is_set():
-                self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+                self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True,
+                                             preexec_fn=_die_with_parent())
+                if self.pid_file is not None:
+                    self.pid_file.write_text(f"{self.proc.pid}\n")
                 log.info("embedded worker started (pid %d)", self.proc.pid)
 
     def _watch(self) -> None:
@@ -95,6 +135,36 @@ class WorkerProcess:
         # Kill the group in any case: a job child may outlive a parent that stopped first.
         _signal_group(proc, signal.SIGKILL)
         proc.wait()
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+
+
+def _is_embedded_worker(pid: int) -> bool:
+    """Tells whether `pid` is alive and runs an embedded worker (not a reused pid of something else)."""
+    try:
+        return _WORKER_MARK in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_stray_worker(pid_file: Path, grace_s: float = 10.0) -> bool:
+    """Stops the worker (and its process group) a crashed server left behind; True when there was one."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    pid_file.unlink(missing_ok=True)
+    if not _is_embedded_worker(pid):
+        return False
+    log.warning("stopping the embedded worker (pid %d) a previous server left running", pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)  # warm shutdown: its job checkpoints and is released
+    deadline = time.monotonic() + grace_s
+    while _is_embedded_worker(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # it led its own group: job children go with it
+    return True
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -145,7 +215,7 @@ def main(args: Sequence[str] | None = None) -> int:
     worker = None
     if not opts.no_worker:
         argv = [sys.executable, "-m", "service.cli", "worker", f"--loglevel={opts.log_level}"]
-        worker = WorkerProcess(argv, dict(os.environ)).start()
+        worker = WorkerProcess(argv, dict(os.environ), settings.data_dir / PID_FILE).start()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler found at start: make that
     # handler an exit, so the `finally` below still stops the worker instead of the process just dying.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -163,8 +233,12 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 def _prepare(settings: Settings) -> None:
-    """Creates the data directory and brings an embedded (SQLite) database to the newest schema."""
+    """Creates the data directory, raises the open-file limit, migrates an embedded (SQLite) database."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if settings.migrate_at_startup:
         from service.db.migrate import upgrade_head
 
@@ -176,5 +250,7 @@ def _serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.http_protocol import header_deadline_protocol
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+                http=header_deadline_protocol(settings.header_read_timeout_s))

@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     max_stored_bytes_per_tenant: int = Field(default=50 * 1024 * _MiB, ge=1)  # inputs of kept jobs
     poll_interval_s: int = Field(default=2, ge=1)  # Retry-After on the status of an unfinished job
 
+    # Hostile clients pay for themselves (docs/security.md): bounded bodies, lists and waits, fair shares.
+    max_json_body_bytes: int = Field(default=_MiB, ge=1)  # an application/json request body: 413 beyond
+    max_list_bytes: int = Field(default=_MiB, ge=1)  # one page of a list (GET /jobs): fewer items beyond
+    header_read_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers, else disconnected
+    body_read_timeout_s: float = Field(default=30.0, gt=0)  # gap between two body chunks: 408 beyond
+    sandbox_concurrency_per_tenant: int = Field(default=1, ge=1)  # of sandbox_concurrency, per tenant
+    max_streams: int = Field(default=200, ge=1)  # open event streams per API process: 429 beyond
+    max_streams_per_tenant: int = Field(default=8, ge=1)  # of max_streams, per tenant
+    stream_max_s: float = Field(default=300.0, gt=0)  # a stream then ends; clients resume (Last-Event-ID)
+    stream_auth_recheck_s: float = Field(default=5.0, gt=0)  # an open stream re-checks its key this often
+
     # Worker-side knobs (read by workers/, kept here so one place documents every setting).
     progress_write_interval_s: float = Field(default=2.0, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
@@ -80,6 +91,16 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, gt=0)  # SIGTERM: checkpoint and release within this
     db_outage_retry_s: float = Field(default=120.0, ge=0)  # a worker retries its final writes this long
     oom_retries: int = Field(default=3, ge=0)  # CUDA out of memory: halve the batch size this many times
+
+    # A job's cost (docs/security.md): estimated at submit and refused beyond these (model_too_costly; the
+    # engine's own limits, workers/compression/onnx_cost.CostLimits, are the upper bounds), then capped
+    # while it runs (workers/ceiling.py: resources_exceeded).
+    max_model_params_bytes: int = Field(default=4096 * _MiB, ge=1, le=4096 * _MiB)
+    max_activation_bytes_per_sample: int = Field(default=2048 * _MiB, ge=1, le=2048 * _MiB)
+    max_flops_per_sample: int = Field(default=10**12, ge=1, le=10**12)
+    job_memory_bytes: int = Field(default=0, ge=0)  # a job's memory ceiling; 0: 3/4 of the machine's memory
+    job_step_cpu_s: float = Field(default=1800.0, gt=0)  # CPU seconds between two progress events, at least
+    job_cpu_flops_per_s: float = Field(default=1e9, gt=0)  # a pessimistic speed the CPU budget assumes
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

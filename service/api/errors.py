@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from http import HTTPStatus
 
@@ -12,7 +13,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
-from service.errors import ServiceError
+from service.bounds import bounded
+from service.errors import InsufficientStorage, ServiceError
 from service.storage.base import StorageError
 from workers.compression.errors import CompressionError, UnsupportedModelFormat
 
@@ -27,8 +29,9 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """Builds the one error shape every endpoint answers with."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    """Builds the one error shape every endpoint answers with (the message cut to a fixed length)."""
+    body = {"error": {"code": code, "message": bounded(message)}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
@@ -74,6 +77,20 @@ async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
                           {"Retry-After": "5"})
 
 
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    """A full disk (or quota) while receiving or checking an upload: 507 with a code; anything else a bug."""
+    assert isinstance(exc, OSError)
+    if exc.errno not in _DISK_FULL:
+        return await _unexpected(request, exc)
+    log.error("%s %s: out of disk space: %s", request.method, request.url.path, exc)
+    full = InsufficientStorage("the server has no disk space left for this request; nothing was kept. "
+                               "Retry later", headers={"Retry-After": "60"})
+    return await _service_error(request, full)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """A bug: logged with its traceback, answered as a bare 500 (no internals leak)."""
     log.error("%s %s: unhandled error", request.method, request.url.path, exc_info=exc)
@@ -89,4 +106,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(PoolTimeout, _database_down)
     app.add_exception_handler(StorageError, _storage_down)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -8,13 +8,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import JobsDep, TenantDep
+from service.api.bounded_pages import fit_in_bytes
+from service.api.deps import JobsDep, TenantDep, validation_shares
 from service.api.download_links import DownloadLink, LinkTokenDep, create_link, open_link
 from service.api.submit_guard import Admission, admit_submission
 from service.api.uploads import receive_job_upload
 from service.db.models import new_job_id, utcnow
+from service.errors import ServiceError
 from service.jobs.schemas import ErrorBody, JobOut, JobPage, JobStatus, job_out
-from service.jobs.service import Download
+from service.jobs.service import Download, encode_cursor
 from service.limits import poll_headers
 
 __all__ = ["router"]
@@ -81,10 +83,15 @@ async def create_job(
     else:
         job_id = new_job_id()
         upload = await receive_job_upload(request, jobs=jobs, tenant=tenant, job_id=job_id)
-        job, created = await run_in_threadpool(
-            lambda: jobs.submit(tenant=tenant, job_id=job_id, config_text=upload.config_text,
-                                model=upload.model, dataset=upload.dataset,
-                                idempotency_key=admission.idempotency_key))
+        try:  # one of the tenant's fair share of upload checks, waited for on the event loop
+            async with validation_shares(request).hold(tenant, jobs.settings.sandbox_timeout_s):
+                job, created = await run_in_threadpool(
+                    lambda: jobs.submit(tenant=tenant, job_id=job_id, config_text=upload.config_text,
+                                        model=upload.model, dataset=upload.dataset,
+                                        idempotency_key=admission.idempotency_key))
+        except ServiceError:  # refused a share: the uploads go (submit removes them on its own failures)
+            await run_in_threadpool(jobs.discard, tenant, job_id)
+            raise
     response.headers["Location"] = f"/jobs/{job.id}"
     response.headers.update(poll_headers(job, jobs.settings))
     if not created:
@@ -100,10 +107,17 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
-    """Lists the caller's jobs, newest first; follow `next_cursor` for older ones."""
+    """Lists the caller's jobs, newest first; follow `next_cursor` for older ones.
+
+    A page holds at most `limit` jobs and at most `max_list_bytes` of JSON (then fewer, with a cursor).
+    """
     page, next_cursor = jobs.page(tenant=tenant, status=status, limit=limit, cursor=cursor)
     now = utcnow()
-    return JobPage(jobs=[job_out(job, now) for job in page], next_cursor=next_cursor)
+    shown = [job_out(job, now) for job in page]
+    kept = fit_in_bytes(shown, jobs.settings.max_list_bytes)
+    if kept < len(shown):
+        next_cursor = encode_cursor(page[kept - 1])
+    return JobPage(jobs=shown[:kept], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_errors(401, 404, 503))

@@ -6,11 +6,11 @@ can never run, so a user learns in the POST's answer rather than from a failed j
 
 from __future__ import annotations
 
-import json
 import zipfile
 
 from pydantic import ValidationError
 
+from service.bounds import JsonRefused, load_json
 from service.jobs.object_file import ObjectFile, ReadTooLarge
 from service.storage.base import ObjectStore
 from workers.compression.architectures import check_model_format
@@ -26,11 +26,11 @@ ZIP_FORMATS = frozenset({"npz", "zip"})
 
 
 def parse_config(text: str) -> JobConfig:
-    """Parses the `config` part: JSON, then the schema (unknown fields and bad options are refused)."""
+    """Parses the `config` part: bounded JSON (depth, number sizes, no NaN/Infinity), then the schema."""
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidConfig(f"config is not valid JSON: {exc}") from None
+        raw = load_json(text)
+    except JsonRefused as exc:
+        raise InvalidConfig(f"config is refused: {exc}") from None
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:

@@ -8,6 +8,7 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, Field
 from pydantic.config import JsonDict
 
+from service.bounds import bounded
 from service.db.models import Job
 from service.jobs.states import ACTIVE, TERMINAL
 from workers.compression.hooks import STAGES
@@ -111,7 +112,8 @@ def job_out(job: Job, now: datetime) -> JobOut:
         events=f"{base}/events",
         cancel=None if job.status in TERMINAL else f"{base}/cancel",
     )
-    error = ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    message = bounded(job.error_message or "")  # rows stored before messages were cut at write
+    error = ErrorOut(code=job.error_code, message=message) if job.error_code else None
     return JobOut(id=job.id, status=cast(JobStatus, job.status), stage=job.stage, progress=progress,
                   config=job.config, metrics=job.metrics, error=error, attempt=job.attempt,
                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
