@@ -33,12 +33,15 @@ CLIENT_COMMANDS: dict[str, str] = {
     "delete": "delete a finished job and its files",
     "report": "show a succeeded job's report as a before/after table",
     "events": "follow a job's progress events until it ends",
+    "sweep": "start a sweep of targets on stored inputs, or show one (sweep status ID) with its Pareto front",
 }
 
 COMMANDS: dict[str, Command] = {
     "compress": Command("workers.compression.cli:main", "compress a model locally (the engine alone)"),
     "dataset": Command("workers.compression.dataset_check:main",
                        "check a dataset file locally: classes, splits, sizes, problems (dataset check FILE)"),
+    "preflight": Command("workers.compression.preflight_cli:main",
+                         "check in seconds whether a job on a model can run (preflight --model M ...)"),
     "serve": Command("service.serve:main", "run the API (and, by default, an embedded worker)"),
     "worker": Command("workers.worker_cli:main", "run a worker for the configured database/broker/storage"),
     "migrate": Command("service.cli:migrate", "bring the database schema up to date (alembic upgrade head)"),

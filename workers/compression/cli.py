@@ -20,7 +20,7 @@ from workers.compression.config import JobConfig
 from workers.compression.errors import CompressionError, InvalidConfig
 from workers.compression.hooks import Progress
 
-__all__ = ["build_config", "main", "parser"]
+__all__ = ["add_job_flags", "build_config", "main", "parser"]
 
 # Flags that set a config field, for messages that point at what the user typed.
 _FLAG_FOR = {
@@ -45,8 +45,17 @@ def parser() -> argparse.ArgumentParser:
         prog="secateur compress",
         description="Prune and finetune a model, export it to ONNX verified against PyTorch, and report.",
     )
+    add_job_flags(p, dataset_required=True)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--out", type=Path, required=True, help="output folder for model.onnx, .zst, report.json")
+    return p
+
+
+def add_job_flags(p: argparse.ArgumentParser, *, dataset_required: bool) -> None:
+    """Adds the flags naming a job's inputs and config (what `build_config` reads) and --threads."""
     p.add_argument("--model", type=Path, required=True, help="ONNX, or safetensors + --architecture")
-    p.add_argument("--dataset", type=Path, required=True, help=".npz, or image folders in .zip/.tar/.tar.gz")
+    p.add_argument("--dataset", type=Path, required=dataset_required,
+                   help=".npz, or image folders in .zip/.tar/.tar.gz")
     p.add_argument("--method", help="weightmom | tpp | magnitude | l1")
     p.add_argument("--architecture", help="what safetensors weights belong to: a zoo network (resnet20), "
                    "torchvision/<builder>, timm/<model>, or hf (a .zip/.tar checkpoint archive)")
@@ -59,11 +68,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--seed", type=int, help="random seed (runs are deterministic on CPU)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default: 1)")
     p.add_argument("--config", type=Path, help="JobConfig as JSON; flags override its fields")
-    p.add_argument("--out", type=Path, required=True, help="output folder for model.onnx, .zst, report.json")
-    return p
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -31,7 +31,8 @@ from workers.compression.preprocessing import Preprocessing
 from workers.compression.report import Side, build_report, environment, sha256_file
 from workers.compression.training import Trainer, seed_everything
 
-__all__ = ["OUTPUT_FILES", "TRAIN_SPAN", "CompressionResult", "compress", "resolve_device"]
+__all__ = ["OUTPUT_FILES", "TRAIN_SPAN", "CompressionResult", "LoadedInputs", "check_exportable",
+           "check_fits", "compress", "load_inputs", "resolve_device"]
 
 OUTPUT_FILES = ("model.onnx", "model.onnx.zst", "report.json")
 MAX_ONNX_WEIGHT_BYTES = (2 << 30) - (64 << 20)  # protobuf's limit, less room for the graph itself
@@ -99,7 +100,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _check_exportable(model: nn.Module) -> None:
+def check_exportable(model: nn.Module) -> None:
     """Refuses a model whose weights cannot fit one ONNX file (protobuf stops at 2 GiB), before any work."""
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     if weights > MAX_ONNX_WEIGHT_BYTES:
@@ -114,7 +115,7 @@ def _require_file(path: Path, what: str, error: type[InvalidModel] | type[Invali
         raise error(f"the {what} file {str(path)!r} does not exist or is not a regular file")
 
 
-def _check_fits(model: nn.Module, data: DatasetBundle) -> None:
+def check_fits(model: nn.Module, data: DatasetBundle) -> None:
     """Runs two validation samples through the model: it must accept them and return (B, classes) logits."""
     x, _ = next(data.batches("val", 2, shuffle=False))
     try:
@@ -135,7 +136,7 @@ def _check_fits(model: nn.Module, data: DatasetBundle) -> None:
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class LoadedInputs:
     """The model and the data it is fed, with how it is fed (for the report and the ONNX metadata)."""
 
     model: nn.Module
@@ -144,7 +145,7 @@ class _Loaded:
     preprocessing: dict[str, Any]
 
 
-def _load(model_path: Path, dataset_path: Path, config: JobConfig) -> _Loaded:
+def load_inputs(model_path: Path, dataset_path: Path, config: JobConfig) -> LoadedInputs:
     """Loads and cross-checks the dataset and the model (CPU, eval mode), the data fitted to the model's
     own preprocessing (its library's defaults, overridden by the job's `data` options)."""
     _require_file(model_path, "model", InvalidModel)
@@ -157,9 +158,9 @@ def _load(model_path: Path, dataset_path: Path, config: JobConfig) -> _Loaded:
         num_classes=data.num_classes,
     )
     loaded.module.eval()
-    _check_exportable(loaded.module)
-    _check_fits(loaded.module, data)
-    return _Loaded(loaded.module, data, model_format, _fed(preprocessing, data))
+    check_exportable(loaded.module)
+    check_fits(loaded.module, data)
+    return LoadedInputs(loaded.module, data, model_format, _fed(preprocessing, data))
 
 
 def _fed(preprocessing: Preprocessing, data: DatasetBundle) -> dict[str, Any]:
@@ -217,7 +218,7 @@ def compress(
     seed_everything(config.seed)
     clock.enter("loading")
     method = registry.get(config.method)  # an unavailable method fails before any heavy work
-    loaded = _load(model_path, dataset_path, config)
+    loaded = load_inputs(model_path, dataset_path, config)
     model, data = loaded.model.to(dev), loaded.data
     inputs = {
         "model_sha256": sha256_file(model_path), "model_bytes": model_path.stat().st_size,

@@ -49,6 +49,7 @@ __all__ = [
     "macs",
     "plan_from_json",
     "plan_to_json",
+    "prunable_structure",
     "remove",
     "search_ratio",
     "select",
@@ -157,17 +158,25 @@ def plan_from_json(structure: Structure, text: str) -> tuple[GroupPlan, ...]:
     return tuple(GroupPlan(g, tuple(recorded[g.root])) for g in structure.groups if g.root in recorded)
 
 
-def choose(ctx: PruneContext, options: L1Options, *, exact: bool = False) -> Selection:
-    """Finds the groups and the filters to remove (once: a resumed job reuses the recorded plan); `exact`
-    keeps only groups whose zeroed channels can be removed without changing the output (TPP)."""
-    example = example_input(ctx)
-    structure = find_groups(ctx.model, example, coupled=options.coupled)
+def prunable_structure(model: nn.Module, example: torch.Tensor, options: L1Options, *, method: str,
+                       exact: bool) -> Structure:
+    """Finds the groups `method` may prune (only the exactly removable ones when `exact`, as TPP needs);
+    refuses a model with none (pre-flight and the job share this refusal)."""
+    structure = find_groups(model, example, coupled=options.coupled)
     if exact:
         structure = only_exact(structure)
     if not structure.groups:
         reasons = sorted({reason for _, reason in structure.skipped})
-        raise InvalidConfig(f"the model has no channel group that {ctx.config.method} can prune ({reasons}); "
+        raise InvalidConfig(f"the model has no channel group that {method} can prune ({reasons}); "
                             "try options.coupled: true, or a method with unstructured sparsity")
+    return structure
+
+
+def choose(ctx: PruneContext, options: L1Options, *, exact: bool = False) -> Selection:
+    """Finds the groups and the filters to remove (once: a resumed job reuses the recorded plan); `exact`
+    keeps only groups whose zeroed channels can be removed without changing the output (TPP)."""
+    example = example_input(ctx)
+    structure = prunable_structure(ctx.model, example, options, method=ctx.config.method, exact=exact)
     target = ctx.config.target
     report: dict[str, Any] = {
         "groups": len(structure.groups), "coupled_groups": structure.coupling,
