@@ -291,6 +291,48 @@ class SecateurClient:
             raise ApiError("unreachable", f"download of {name} interrupted: {exc}", 0) from exc
         return target
 
+    # --- sweeps (`/sweeps`): one job per target on stored inputs; the bodies are the API's JSON as is ---
+
+    def create_sweep(self, model_id: str, dataset_id: str, config: dict[str, Any],
+                     targets: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        """Starts a sweep on a stored model and dataset; returns `{id, jobs}`."""
+        body = {"model_id": model_id, "dataset_id": dataset_id, "config": config, "targets": [*targets]}
+        created: dict[str, Any] = self._request("POST", "/sweeps", json=body).json()
+        return created
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """Fetches a sweep: its status, points and Pareto front."""
+        sweep: dict[str, Any] = self._request("GET", f"/sweeps/{sweep_id}").json()
+        return sweep
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """Cancels every unfinished point of a sweep; returns the sweep."""
+        sweep: dict[str, Any] = self._request("POST", f"/sweeps/{sweep_id}/cancel").json()
+        return sweep
+
+    def sweeps(self, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        """Fetches one page of the caller's sweeps, newest first (`{sweeps, next_cursor}`)."""
+        params: dict[str, str | int] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        page: dict[str, Any] = self._request("GET", "/sweeps", params=params).json()
+        return page
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Deletes a finished sweep and its jobs (409 `not_finished` while a point runs)."""
+        self._request("DELETE", f"/sweeps/{sweep_id}")
+
+    def wait_sweep(self, sweep_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
+                   timeout_s: float | None = None) -> dict[str, Any]:
+        """Polls the sweep until every point has ended; returns it."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            sweep = self.get_sweep(sweep_id)
+            if on_update is not None:
+                on_update(sweep)
+            if sweep["status"] != "running":
+                return sweep
+            _check_deadline(f"of sweep {sweep_id}", deadline)
+            time.sleep(max(self.poll_interval_s, 2.0))
+
     def events(self, job_id: str, last_event_id: str | None = None) -> Generator[SseEvent, None, None]:
         """Follows `GET /jobs/{id}/events` once; yields events until the server closes the stream."""
         headers = {"Accept": "text/event-stream"}

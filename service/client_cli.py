@@ -18,6 +18,7 @@ from typing import Any
 from service.cli import CLIENT_COMMANDS, CLIENT_HELP
 from service.client import ARTIFACT_NAMES, ApiError, Job, SecateurClient
 from service.client_render import ProgressView, describe, headline, report_table
+from service.client_sweeps import add_sweep_arguments, run_sweep
 
 __all__ = ["add_subcommands", "main"]
 
@@ -180,6 +181,12 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Starts a sweep on stored inputs, or shows, follows, cancels, deletes or lists sweeps."""
+    with _client(args) as client:
+        return run_sweep(args, client, build_config(args))
+
+
 def _guarded(handler: Handler) -> Handler:
     """Wraps a handler so that API and file errors print `error: <code>: <message>` and exit 1."""
 
@@ -253,6 +260,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     for name, handler in (("cancel", cmd_cancel), ("delete", cmd_delete), ("report", cmd_report),
                           ("events", cmd_events)):
         command(name, handler).add_argument("job_id")
+
+    add_sweep_arguments(command("sweep", cmd_sweep))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
