@@ -29,6 +29,7 @@ from workers.compression.methods.base import PruneContext
 from workers.compression.onnx_metadata import write_metadata
 from workers.compression.preprocessing import Preprocessing
 from workers.compression.report import Side, build_report, environment, sha256_file
+from workers.compression.shared_baseline import BaselineCache, baseline_key, measure_once
 from workers.compression.training import Trainer, seed_everything
 
 __all__ = ["OUTPUT_FILES", "TRAIN_SPAN", "CompressionResult", "LoadedInputs", "check_exportable",
@@ -206,11 +207,13 @@ def compress(
     threads: int = 1,
     on_progress: ProgressCallback | None = None,
     checkpoints: CheckpointStore | None = None,
+    baseline_cache: BaselineCache | None = None,
 ) -> CompressionResult:
     """Compresses one model as `config` says and writes the verified ONNX, its zstd copy and report.json.
 
     Raises CompressionError subclasses for bad input, JobStopped when `on_progress` raised it.
     Resumes training from `checkpoints` when they hold state from an earlier attempt.
+    Takes the dense baseline's measurement from `baseline_cache` when it holds one for these inputs.
     """
     clock = _StageClock(on_progress)
     torch.set_num_threads(threads)
@@ -236,7 +239,8 @@ def compress(
                                    "unreadable": len(data.facts.get("unreadable", []))})
         baseline_onnx = Path(tmp) / "baseline.onnx"
         export_onnx(model, data.input_shape, baseline_onnx)
-        baseline = _measure_side(model, baseline_onnx, data, dev, threads)
+        baseline = measure_once(baseline_cache, baseline_key(inputs, config),
+                                lambda: _measure_side(model, baseline_onnx, data, dev, threads))
         clock.enter("pruning", {"baseline_accuracy": baseline["verification"].torch_accuracy})
         trainer = Trainer(
             data=data, finetune=config.finetune, device=dev, seed=config.seed,
