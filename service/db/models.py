@@ -22,8 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["INPUT_KINDS", "STATUSES", "ApiKey", "Base", "InputFile", "Job", "JobEvent", "Sweep", "SweepPoint",
-           "UTCDateTime", "new_job_id", "utcnow"]
+__all__ = ["DELIVERY_STATES", "INPUT_KINDS", "STATUSES", "ApiKey", "Base", "InputFile", "Job", "JobEvent",
+           "Sweep", "SweepPoint", "UTCDateTime", "WebhookDelivery", "WebhookSecret", "new_job_id", "utcnow"]
 
 STATUSES: tuple[str, ...] = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 
@@ -197,3 +197,44 @@ class InputFile(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Webhooks (issue 14, migration 0004) ---
+DELIVERY_STATES: tuple[str, ...] = ("pending", "delivered", "failed")
+
+
+class WebhookSecret(Base):
+    """A tenant's webhook signing secret (HMAC needs it in clear; `secateur keys create` prints it)."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The callback of one finished job: where it goes, its state, its retry schedule and every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({', '.join(repr(s) for s in DELIVERY_STATES)})",
+                        name="ck_webhook_deliveries_state"),
+        UniqueConstraint("job_id", name="uq_webhook_deliveries_job"),  # a job ends once: one delivery
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"))
+    tenant: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))  # job.succeeded | job.failed | job.cancelled
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    leased_until: Mapped[datetime | None]  # a sender holds it until then (several API replicas)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # one entry per attempt
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
