@@ -42,9 +42,12 @@ def _target(name: str, value: float = RATIO) -> dict[str, float]:
 
 
 def _options(name: str, phase_epochs: float) -> dict[str, Any]:
-    """Short extra phases (any `*_epochs` option) and frequent pruning events (`interval`) for tiny runs."""
+    """Short extra phases (any `*_epochs` option; TPP's adaptive ramp capped at 20 steps per epoch, 0 for
+    none) and frequent pruning events (`interval`) for tiny runs."""
     fields = METHOD_OPTIONS[name].model_fields
     options: dict[str, Any] = {key: phase_epochs for key in fields if key.endswith("_epochs")}
+    if "max_reg_steps" in fields:
+        options["max_reg_steps"] = round(20 * phase_epochs)
     if "interval" in fields:
         options["interval"] = 2
     return options

@@ -20,7 +20,15 @@ from workers.compression.hooks import Progress
 from workers.compression.methods import registry
 from workers.compression.methods.base import MethodResult, PruneContext
 from workers.compression.methods.structured import remove
-from workers.compression.methods.tpp import REG_PHASE, TppHooks, TppMethod, gram_grad, gram_penalty
+from workers.compression.methods.tpp import (
+    REG_PHASE,
+    TppHooks,
+    TppMethod,
+    _is_zeroed,
+    gram_grad,
+    gram_penalty,
+)
+from workers.compression.methods.tpp_schedule import make_tpp_schedule
 from workers.compression.training import Trainer
 
 # --- the math --------------------------------------------------------------------------------------------
@@ -43,22 +51,101 @@ def test_gram_gradient_matches_autograd_on_a_conv_weight() -> None:
     torch.testing.assert_close(gram_grad(w.detach(), keep), w.grad)
 
 
-def _hooks(model: nn.Module, reg_steps: int, total_steps: int, **options: Any) -> TppHooks:
-    """TppHooks over half of each prunable group of `model`."""
+def _hooks(model: nn.Module, **options: Any) -> TppHooks:
+    """TppHooks over half of each prunable group of `model`, on the schedule `options` resolve to."""
     _, plans = plans_for(model, IMAGE_SHAPE, 0.5)
-    return TppHooks(model, plans, TppOptions.model_validate(options), reg_steps=reg_steps,
-                    total_steps=total_steps)
+    parsed = TppOptions.model_validate(options)
+    return TppHooks(model, plans, parsed, schedule=make_tpp_schedule(parsed, len(plans)))
 
 
-def test_lambda_ramp_and_zero_out_schedule() -> None:
-    """lambda climbs linearly 0 -> lambda_max over the ramp and holds; groups are zeroed one after another
-    during the hold, all before the last step; with no hold they all go at the last step."""
+# The authors' staircase, shrunk for tiny runs: +0.25 every 2 steps to 1 (8 steps), a 10-step hold with a
+# group zeroed every 3 steps.
+STAIRS = {"schedule": "authors", "scale": 1.0, "reg_granularity": 0.25, "update_interval": 2,
+          "stabilize_steps": 10, "zero_out_interval": 3}
+
+
+def test_authors_staircase_in_steps() -> None:
+    """lambda += reg_granularity every update_interval steps up to lambda_max, then holds; group i is zeroed
+    (i+1)*zero_out_interval steps after the ramp; the phase is ramp + hold steps long."""
     model = TinyResNet()
-    hooks = _hooks(model, 4, 10, lambda_max=2.0)
-    assert [hooks.lam(t) for t in range(7)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
-    assert hooks.zero_at == [4, 7]  # two groups over steps 4..9
-    assert _hooks(model, 4, 4).zero_at == [3, 3]
-    assert _hooks(model, 0, 2).lam(0) == 1.0
+    hooks = _hooks(model, **STAIRS)
+    schedule = hooks.schedule
+    assert [hooks.lam(t) for t in range(11)] == [0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0, 1.0, 1.0]
+    assert (schedule.ramp_steps, schedule.hold_steps, schedule.max_steps) == (8, 10, 18)
+    assert schedule.zero_at(8) == [11, 14]
+    assert schedule.gram_lambda(1.0) == 1.0
+
+
+def test_default_schedule_is_the_authors_cifar_run_scaled_by_one_fiftieth() -> None:
+    """Authors: +1e-4 every 10 steps to 1 (100,000 steps), 10,000 steps of hold, a layer every 100 steps.
+    Scale 0.02: +5e-3 every 10 steps (2,000 steps), 200 of hold, a layer every 2; scale 1 is theirs."""
+    authors = make_tpp_schedule(TppOptions(schedule="authors", scale=1.0), groups=27)
+    assert (authors.ramp_steps, authors.hold_steps, authors.zero_out_interval) == (100_000, 10_000, 100)
+    assert authors.lam(55_555) == pytest.approx(0.5555)
+    scaled = make_tpp_schedule(TppOptions(schedule="authors"), groups=9)
+    assert (scaled.ramp_steps, scaled.hold_steps, scaled.zero_out_interval, scaled.max_steps) == (
+        2000, 200, 2, 2200)
+    assert scaled.increment == pytest.approx(5e-3)
+    tight = make_tpp_schedule(TppOptions(schedule="authors", stabilize_steps=1000), groups=30)
+    assert tight.zero_out_interval == 1 and tight.hold_steps == 30  # every group still zeroed in the hold
+    adaptive = make_tpp_schedule(TppOptions(), groups=9)
+    assert adaptive.adaptive and adaptive.hold_steps == 18 and adaptive.max_steps == 2000 + 18
+    assert adaptive.increment == pytest.approx(0.05)  # ten times the scaled staircase
+    assert adaptive.lam(2000) == pytest.approx(10.0)  # grows past lambda_max while it must
+    assert adaptive.gram_lambda(2.0) == 1.0  # the Gram weight stays at the authors' ceiling
+
+
+def _shrink_pruned(hooks: TppHooks, factor: float) -> None:
+    """Multiplies every pruned filter, BN scale and shift by `factor`."""
+    with torch.no_grad():
+        for weight, bias, rows, _, is_norm, _ in hooks._members:
+            weight[rows] *= factor
+            if is_norm and bias is not None:
+                bias[rows] *= factor
+
+
+def _steps(hooks: TppHooks, model: nn.Module, n: int) -> None:
+    """Runs `n` after_step calls (the schedule's bookkeeping, without training)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    for _ in range(n):
+        hooks.after_step(model, optimizer, hooks.step + 1)
+
+
+def test_adaptive_ramp_stops_once_pruned_norms_are_negligible() -> None:
+    """The ramp ends at the first lambda update where every pruned filter, BN scale and shift is below
+    norm_ratio of the kept ones; lambda freezes there, the groups are zeroed one per interval, and the
+    phase then reports finished."""
+    torch.manual_seed(0)
+    model = TinyResNet()
+    ratios: list[float] = []
+    hooks = _hooks(model, update_interval=5, zero_out_interval=100)  # scaled: a group every 2 steps
+    hooks.on_ramp_end = lambda _, ratio: ratios.append(ratio)
+    assert hooks.norm_ratio() > 1e-3
+    _steps(hooks, model, 5)
+    assert hooks.ramp_end is None and not hooks.finished()
+    _shrink_pruned(hooks, 1e-4)
+    assert hooks.norm_ratio() < 1e-3
+    _steps(hooks, model, 4)
+    assert hooks.ramp_end is None  # checked only when lambda is updated
+    _steps(hooks, model, 1)
+    assert hooks.ramp_end == 10 and len(ratios) == 1 and ratios[0] < 1e-3
+    assert hooks.lam(500) == hooks.lam(10)
+    _steps(hooks, model, 3)
+    assert not hooks.finished()
+    _steps(hooks, model, 1)  # two groups, one every 2 steps
+    assert hooks.finished()
+    for plan in hooks.plans:
+        assert _is_zeroed(model, [plan])
+
+
+def test_adaptive_ramp_gives_up_at_its_cap() -> None:
+    """Norms that never fall end the ramp at max_reg_steps (the zero-out then reports its cost)."""
+    model = TinyResNet()
+    hooks = _hooks(model, update_interval=5, max_reg_steps=20)
+    _steps(hooks, model, 19)
+    assert hooks.ramp_end is None
+    _steps(hooks, model, 1)
+    assert hooks.ramp_end == 20
 
 
 def test_penalty_gradients() -> None:
@@ -71,8 +158,8 @@ def test_penalty_gradients() -> None:
         ({"gram_weight": 0.0}, {"l2", "bn"}),
     ]
     for options, terms in cases:
-        hooks = _hooks(model, 4, 6, **options)
-        hooks.step = 2  # lambda = 0.5
+        hooks = _hooks(model, **STAIRS, **options)
+        hooks.step = 4  # lambda = 0.5
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
         hooks.after_backward(model, 3)
@@ -99,11 +186,16 @@ def test_penalty_gradients() -> None:
 # --- the regularization phase on the real Trainer --------------------------------------------------------
 
 
+# One epoch of ramp (8 steps at batch 32: +0.125 a step) and one of hold, a group zeroed every 4 steps.
+EPOCH_STAIRS = {"schedule": "authors", "scale": 1.0, "reg_granularity": 0.125, "update_interval": 1,
+                "stabilize_steps": 8, "zero_out_interval": 4}
+
+
 def _config(**options: object) -> JobConfig:
-    """A tpp job: PR 0.5, one epoch of ramp and one of hold (8 steps each at batch 32), one finetune epoch."""
+    """A tpp job: PR 0.5, the authors' staircase over one epoch and a hold of one, one finetune epoch."""
     return JobConfig(method="tpp", target=Target(pruning_ratio=0.5), seed=0,
-                     finetune=FinetuneConfig(epochs=1, batch_size=32, lr=0.02),
-                     options={"reg_epochs": 1, "stabilize_epochs": 1, **options})
+                     finetune=FinetuneConfig(epochs=1, batch_size=32, lr=0.02, distill=False),
+                     options={**EPOCH_STAIRS, **options})
 
 
 def _context(model: nn.Module, data: DatasetBundle, config: JobConfig, **trainer_args: Any) -> PruneContext:
@@ -121,7 +213,8 @@ def test_stabilization_zeroes_exactly_and_removal_keeps_the_outputs(image_data: 
     _, plans = plans_for(model, IMAGE_SHAPE, 0.5)
     trainer = Trainer(data=image_data, finetune=FinetuneConfig(batch_size=32), device=torch.device("cpu"),
                       seed=0)
-    hooks = TppHooks(model, plans, TppOptions(), reg_steps=8, total_steps=16)
+    options = TppOptions.model_validate(EPOCH_STAIRS)
+    hooks = TppHooks(model, plans, options, schedule=make_tpp_schedule(options, len(plans)))
     trainer.fit(model, phase=REG_PHASE, epochs=2, lr=1e-3, schedule="constant", momentum=0.9, hooks=hooks)
     assert hooks.step == 16
     modules = dict(model.named_modules())
@@ -155,7 +248,13 @@ def test_tpp_end_to_end(image_data: DatasetBundle, trained_cnn: TinyResNet) -> N
     assert method.structured
     result = method.run(ctx)
     report = result.report
-    assert report["regularization_steps"] == {"total": 16, "ramp": 8, "stabilize": 8, "steps_per_epoch": 8}
+    assert report["regularization_steps"] == 16
+    assert report["schedule"] | {"lambda_at_zero_out": 1.0} == {
+        "mode": "authors", "lambda_increment": 0.125, "update_interval": 1, "ramp_steps": 8, "hold_steps": 8,
+        "zero_out_interval": 4, "max_steps": 16, "lambda_at_zero_out": 1.0}
+    assert report["zero_out_cost"] == pytest.approx(
+        report["accuracy_after_regularization"] - report["accuracy_after_zero_out"])
+    assert report["distill"] is None
     assert report["accuracy_before_removal"] == report["accuracy_after_removal"]
     assert report["accuracy_before_regularization"] == dense_accuracy
     assert report["accuracy_after_regularization"] == ctx.trainer.history[0]["accuracy"]  # end of the ramp

@@ -21,6 +21,7 @@ from torch import nn
 
 from workers.compression.config import FinetuneConfig
 from workers.compression.datasets import DatasetBundle
+from workers.compression.distill import Teacher
 from workers.compression.divergence import DivergenceWatch, grad_norm
 from workers.compression.hooks import CheckpointStore, Progress, ProgressCallback
 from workers.compression.methods.base import StepHooks
@@ -122,6 +123,8 @@ class Trainer:
         self._history: list[dict[str, Any]] = []
         self._done: list[str] = []
         self._memory: dict[str, float | int | str] = {}
+        self._warnings: list[str] = []  # sent with every later progress event, so live progress keeps them
+        self._fraction = progress_span[0]  # of the last progress event
         self._pending: dict[str, Any] | None = None  # a resumed checkpoint not yet applied by `fit`
         blob = checkpoints.load() if checkpoints is not None else None
         if blob is not None:
@@ -169,14 +172,18 @@ class Trainer:
         weight_decay: float | None = None,
         hooks: StepHooks | None = None,
         stage: str = "finetuning",
+        teacher: Teacher | None = None,
+        steps: int | None = None,
     ) -> None:
-        """Trains `model` for `epochs` (fractional allowed: rounded up to whole steps) with a fresh optimizer;
-        hooks run around every step; evaluates and checkpoints at each epoch end; honours JobStopped.
+        """Trains `model` for `epochs` (fractional allowed: rounded up to whole steps), or exactly `steps`
+        when given, with a fresh optimizer; hooks run around every step and may end the phase early
+        (`hooks.finished()`); evaluates and checkpoints at each epoch end; honours JobStopped. With a
+        `teacher` the loss distills its logits on the same batch into the model (distill.py).
 
         Hooks get the 1-based number of the step being taken within this phase.
         """
         hooks = hooks or StepHooks()
-        total = self._total_steps(epochs)
+        total = self._total_steps(epochs) if steps is None else steps
         spe = self.steps_per_epoch
         n_epochs = math.ceil(total / spe)
         opt = self._optimizer(model, optimizer, lr, momentum, weight_decay)
@@ -201,7 +208,11 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = step_lr
                 watch.check_inputs(x, step + 1)
-                loss = F.cross_entropy(model(x), y)
+                logits = model(x)  # (B, classes)
+                if teacher is None:
+                    loss = hard = F.cross_entropy(logits, y)
+                else:
+                    loss, hard = teacher.loss(logits, x, y)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise watch.error(model, step=step + 1, loss=value, lr=step_lr)
@@ -211,11 +222,11 @@ class Trainer:
                 norm = grad_norm(model)
                 if not math.isfinite(norm):
                     raise watch.error(model, step=step + 1, loss=norm, lr=step_lr, what="gradient norm")
-                watch.observe(value, norm)
+                watch.observe(float(hard.detach()), norm)  # cross-entropy: chance level is judged on it
                 opt.step()
                 hooks.after_step(model, opt, step + 1)
                 loss_sum, loss_n, step = loss_sum + value * y.shape[0], loss_n + y.shape[0], step + 1
-                if step == last:
+                if step == last or hooks.finished():
                     break
                 self._emit(stage, phase, epoch, n_epochs, step, total,
                            {"loss": value, "lr": step_lr, **batches.metrics()})
@@ -225,13 +236,23 @@ class Trainer:
                 "phase": phase, "epoch": epoch, "loss": mean_loss, "accuracy": accuracy,
                 "lr": step_lr, "seconds": time.perf_counter() - t_epoch, **speed,
             })
-            if epoch == n_epochs:
+            if epoch == n_epochs or hooks.finished():
                 self._done.append(phase)
             self._save(model, phase, epoch, opt, hooks)
             metrics = {"loss": mean_loss, "accuracy": accuracy, "lr": step_lr, **speed}
             self._emit(stage, phase, epoch, n_epochs, step, total, metrics, epoch_end=True)
+            if phase in self._done:
+                break
         if phase not in self._done:  # a phase of zero steps
             self._done.append(phase)
+
+    def warn(self, message: str) -> None:
+        """Adds a warning to the live progress (every later event carries it) and sends it at once."""
+        if message not in self._warnings:
+            self._warnings.append(message)
+        if self.on_progress is not None:
+            event = Progress(stage="pruning", fraction=self._fraction, warnings=tuple(self._warnings))
+            self.on_progress(event)
 
     def phase_done(self, phase: str) -> bool:
         """Tells whether a resumed checkpoint says `phase` already finished (the method then skips it)."""
@@ -317,7 +338,8 @@ class Trainer:
             total += n
         lo, hi = self.progress_span
         fraction = lo + (hi - lo) * (before + step) / max(total, 1)
+        self._fraction = min(fraction, hi)
         self.on_progress(Progress(
             stage=stage, fraction=min(fraction, hi), epoch=epoch, epochs=epochs, step=step, steps=steps,
-            metrics=metrics, epoch_end=epoch_end,
+            metrics=metrics, epoch_end=epoch_end, warnings=tuple(self._warnings),
         ))

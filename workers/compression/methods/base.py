@@ -30,6 +30,10 @@ class StepHooks:
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
         """Runs after optimizer.step(): re-apply masks, update scores, prune on schedule."""
 
+    def finished(self) -> bool:
+        """Tells the trainer to end the phase after this step (e.g. TPP's adaptive ramp reached its goal)."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         """Returns the hook's resumable state (tensors and plain values only: loadable with weights_only)."""
         return {}

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.compression.config import L1Options
+from workers.compression.config import L1Options, TppOptions
+from workers.compression.distill import Teacher, distill_report, make_teacher
 from workers.compression.errors import InvalidConfig
 from workers.compression.measure import count_macs
 from workers.compression.methods.base import MethodResult, PruneContext
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 FINETUNE_PHASE = "finetune"
+EXTRA_PHASE = "l1_extra"  # budget-matched L1: TPP's regularization steps spent as plain training
 _MAX_PR = 0.999  # with "keep at least one filter" this prunes every prunable layer to a single channel
 
 
@@ -158,8 +160,8 @@ def plan_from_json(structure: Structure, text: str) -> tuple[GroupPlan, ...]:
     return tuple(GroupPlan(g, tuple(recorded[g.root])) for g in structure.groups if g.root in recorded)
 
 
-def prunable_structure(model: nn.Module, example: torch.Tensor, options: L1Options, *, method: str,
-                       exact: bool) -> Structure:
+def prunable_structure(model: nn.Module, example: torch.Tensor, options: L1Options | TppOptions, *,
+                       method: str, exact: bool) -> Structure:
     """Finds the groups `method` may prune (only the exactly removable ones when `exact`, as TPP needs);
     refuses a model with none (pre-flight and the job share this refusal)."""
     structure = find_groups(model, example, coupled=options.coupled)
@@ -172,7 +174,7 @@ def prunable_structure(model: nn.Module, example: torch.Tensor, options: L1Optio
     return structure
 
 
-def choose(ctx: PruneContext, options: L1Options, *, exact: bool = False) -> Selection:
+def choose(ctx: PruneContext, options: L1Options | TppOptions, *, exact: bool = False) -> Selection:
     """Finds the groups and the filters to remove (once: a resumed job reuses the recorded plan); `exact`
     keeps only groups whose zeroed channels can be removed without changing the output (TPP)."""
     example = example_input(ctx)
@@ -222,13 +224,14 @@ def layer_report(model: nn.Module, plans: Sequence[GroupPlan]) -> list[dict[str,
     return list(entries.values())
 
 
-def finetune(ctx: PruneContext, model: nn.Module) -> float | None:
+def finetune(ctx: PruneContext, model: nn.Module, teacher: Teacher | None = None) -> float | None:
     """Finetunes with a fresh optimizer (config.finetune: the spec's step LR by default, cosine if the job
-    asks for it); returns the first finetune epoch's accuracy."""
+    asks for it), distilling from `teacher` when given; returns the first finetune epoch's accuracy."""
     cfg = ctx.config.finetune
     if cfg.epochs > 0:
         ctx.trainer.fit(model, phase=FINETUNE_PHASE, epochs=cfg.epochs, lr=cfg.lr, schedule=cfg.schedule,
-                        optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                        optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                        teacher=teacher)
     first = next((h for h in ctx.trainer.history if h.get("phase") == FINETUNE_PHASE), None)
     return None if first is None else float(first["accuracy"])
 
@@ -249,16 +252,24 @@ class L1Method:
     structured = True
 
     def run(self, ctx: PruneContext) -> MethodResult:
-        """Selects, removes and finetunes; reports accuracy right after removal and after one epoch."""
+        """Selects, removes, optionally trains `extra_steps` at constant LR (the budget-matched control) and
+        finetunes; reports accuracy right after removal and after one finetune epoch."""
         options = L1Options.model_validate(ctx.config.options)
-        ctx.trainer.plan([(FINETUNE_PHASE, float(ctx.config.finetune.epochs))])
+        trainer = ctx.trainer
+        teacher = make_teacher(ctx.model, ctx.config.finetune)
+        extra = [(EXTRA_PHASE, options.extra_steps / trainer.steps_per_epoch)] if options.extra_steps else []
+        trainer.plan([*extra, (FINETUNE_PHASE, float(ctx.config.finetune.epochs))])
         selection = choose(ctx, options)
         layers = layer_report(ctx.model, selection.plans)
         remove(ctx.model, selection.plans, example_input(ctx))
         after_removal = _remembered_accuracy(ctx, "l1.accuracy_after_removal", ctx.model)
-        first_epoch = finetune(ctx, ctx.model)
+        if options.extra_steps:
+            trainer.fit(ctx.model, phase=EXTRA_PHASE, epochs=0.0, steps=options.extra_steps,
+                        lr=options.extra_lr, schedule="constant", teacher=teacher)
+        first_epoch = finetune(ctx, ctx.model, teacher)
         report = {"options": options.model_dump(), **selection.report,
-                  "accuracy_after_removal": after_removal, "accuracy_after_first_finetune_epoch": first_epoch}
+                  "accuracy_after_removal": after_removal, "accuracy_after_first_finetune_epoch": first_epoch,
+                  "extra_steps": options.extra_steps, "distill": distill_report(ctx.config.finetune)}
         return MethodResult(model=ctx.model, report=report, layers=layers)
 
 

@@ -1,13 +1,14 @@
 """`tpp`: Trainability Preserving Pruning (Wang & Fu, ICLR 2023), as in shared/specs/tpp.md.
 
-Select once by L1 -> regularize (Gram term, L2 on pruned filters, L2 on their BN scale/shift, lambda ramped
-then held) -> zero the pruned filters group by group during the hold -> remove physically (exact: the
-removed channels are already exactly zero) -> finetune with a fresh optimizer.
+Select once by L1 -> regularize (Gram term, L2 on pruned filters, L2 on their BN scale/shift; lambda on the
+authors' staircase in steps, or grown until the pruned norms are negligible) -> zero the pruned filters group
+by group after the ramp -> remove physically (exact: the removed channels are already exactly zero) ->
+finetune with a fresh optimizer. The report carries the zero-out cost: accuracy at the end of the ramp minus
+accuracy right after the last group was zeroed, both on the validation split.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from workers.compression.config import TppOptions
+from workers.compression.distill import distill_report, make_teacher
 from workers.compression.methods.base import MethodResult, PruneContext, StepHooks
 from workers.compression.methods.registry import register
 from workers.compression.methods.structured import (
@@ -27,6 +29,7 @@ from workers.compression.methods.structured import (
     layer_report,
     remove,
 )
+from workers.compression.methods.tpp_schedule import TppSchedule, make_tpp_schedule
 
 __all__ = ["REG_PHASE", "RemovalMismatch", "TppHooks", "TppMethod", "gram_grad", "gram_penalty", "zero_out"]
 
@@ -138,22 +141,45 @@ def _is_zeroed(model: nn.Module, plans: Sequence[GroupPlan]) -> bool:
     return all(not tensor[rows].any() for plan in plans for tensor, rows in _zero_targets(model, plan))
 
 
-class TppHooks(StepHooks):
-    """The regularization phase: adds TPP's penalty gradients after backward, zeroes groups on schedule.
+def _channel_norms(weight: torch.Tensor, bias: torch.Tensor | None, is_norm: bool) -> torch.Tensor:
+    """Returns one norm per output channel (C,): a filter's over C_in*kh*kw, or a BatchNorm channel's
+    (scale, shift) pair, the two numbers that decide what a channel with an empty filter outputs."""
+    w = weight.detach()
+    if not is_norm:
+        return w.flatten(1).norm(dim=1) if w.dim() > 1 else w.abs()
+    return torch.sqrt(w.pow(2) + (0.0 if bias is None else bias.detach().pow(2)))
 
-    The paper's staircase (lambda += 1e-4 every 10 iterations up to 1, then 10,000 more iterations) becomes
-    a straight ramp over `reg_steps` and a hold for the rest: the same shape, a budget set in epochs.
-    """
+
+def norm_ratio(members: Sequence[_Regularized]) -> float:
+    """Returns the largest pruned-channel norm over the mean kept-channel norm, across every regularized
+    filter bank and BatchNorm: below ~1e-3 the zero-out no longer changes what the network computes (BN
+    rescales a shrunken filter's output back up, so its scale and shift must be small too)."""
+    worst = 0.0
+    for weight, bias, rows, keep, is_norm, _ in members:
+        norms = _channel_norms(weight, bias, is_norm)
+        kept = float(norms[keep.bool()].mean()) if keep.any() else 0.0
+        if kept > 0.0:
+            worst = max(worst, float(norms[rows].max()) / kept)
+    return worst
+
+
+class TppHooks(StepHooks):
+    """The regularization phase on TPP's step schedule (tpp_schedule.py): adds the penalty gradients after
+    backward, ends the ramp (authors: at lambda_max; adaptive: once norm_ratio < options.norm_ratio), zeroes
+    one group every zero_out_interval steps after it, and ends an adaptive phase after that pass."""
 
     def __init__(
-        self, model: nn.Module, plans: Sequence[GroupPlan], options: TppOptions, *, reg_steps: int,
-        total_steps: int, on_ramp_end: Callable[[nn.Module], None] | None = None,
+        self, model: nn.Module, plans: Sequence[GroupPlan], options: TppOptions, *, schedule: TppSchedule,
+        on_ramp_end: Callable[[nn.Module, float], None] | None = None,
+        on_zeroed: Callable[[nn.Module], None] | None = None,
     ) -> None:
         self.plans = tuple(plans)
         self.options = options
-        self.reg_steps = reg_steps
+        self.schedule = schedule
         self.on_ramp_end = on_ramp_end
+        self.on_zeroed = on_zeroed
         self.step = 0  # optimizer steps done in this phase (own count: restored with the hook's state)
+        self.ramp_end: int | None = None if schedule.adaptive else schedule.ramp_steps
         # (weight, bias, pruned row indices, keep mask m (N,), is_norm, gram) per regularized layer or BN.
         self._members: list[_Regularized] = []
         for module, rows, is_norm in iter_members(self.plans, model):
@@ -165,30 +191,28 @@ class TppHooks(StepHooks):
             gram = not is_norm and _shares_inputs(module)
             pruned = torch.tensor(rows, device=weight.device)
             self._members.append((weight, bias, pruned, keep, is_norm, gram))
-        # Group i is zeroed from step zero_at[i] on: spread over the stabilization steps, all done before
-        # the phase ends; with no stabilization every group is zeroed at the last step.
-        hold = total_steps - reg_steps
-        count = max(1, len(self.plans))
-        self.zero_at = [min(reg_steps + i * hold // count, max(total_steps - 1, 0)) for i in range(count)]
         self._zero_targets = [_zero_targets(model, plan) for plan in self.plans]
 
     def lam(self, step: int) -> float:
-        """Returns lambda at 0-based step `step`: 0 -> lambda_max linearly over the ramp, then held."""
-        if step >= self.reg_steps:
-            return self.options.lambda_max
-        return self.options.lambda_max * step / self.reg_steps
+        """Returns lambda at 0-based step `step` (the schedule's staircase, frozen where the ramp ended)."""
+        return self.schedule.lam(step, self.ramp_end if self.schedule.adaptive else None)
+
+    def norm_ratio(self) -> float:
+        """Returns the pruned/kept norm ratio of the regularized tensors now."""
+        return norm_ratio(self._members)
 
     def after_backward(self, model: nn.Module, step: int) -> None:
         """Adds gram_weight*lambda*dL_gram/dW, lambda*W[p] (and bias) and lambda*gamma_p, lambda*beta_p."""
         lam, opts = self.lam(self.step), self.options
         if lam == 0.0:
             return
+        gram_lam = self.schedule.gram_lambda(lam)
         with torch.no_grad():
             for weight, bias, rows, keep, is_norm, gram in self._members:
                 if is_norm and not opts.bn_reg:
                     continue
                 if gram and opts.gram_weight > 0:
-                    term = opts.gram_weight * lam * gram_grad(weight.detach(), keep)
+                    term = opts.gram_weight * gram_lam * gram_grad(weight.detach(), keep)
                     _add_grad(weight, bounded_step(term, weight, opts.reg_lr))
                 if is_norm or opts.weight_reg:
                     _add_rows(weight, rows, lam)
@@ -196,22 +220,58 @@ class TppHooks(StepHooks):
                         _add_rows(bias, rows, lam)
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
-        """Re-zeroes every group whose time has come (the optimizer's momentum would revive it)."""
-        done = self.step
+        """Ends the ramp when its time or goal has come, then re-zeroes every group whose turn has come (the
+        optimizer's momentum would revive it)."""
         self.step += 1
-        for targets, start in zip(self._zero_targets, self.zero_at, strict=False):
-            if done >= start:
+        schedule = self.schedule
+        if self.ramp_end is None and self.step % schedule.update_interval == 0:
+            ratio = self.norm_ratio()
+            if ratio < self.options.norm_ratio or self.step >= schedule.max_steps - schedule.hold_steps:
+                self.ramp_end = self.step
+                self._ramp_ended(model, ratio)
+        elif not schedule.adaptive and self.step == self.ramp_end:
+            self._ramp_ended(model, self.norm_ratio())
+        if self.ramp_end is None:
+            return
+        for targets, start in zip(self._zero_targets, schedule.zero_at(self.ramp_end), strict=True):
+            if self.step >= start:
                 _zero(targets)
-        if self.step == self.reg_steps and self.on_ramp_end is not None:
-            self.on_ramp_end(model)  # lambda at its ceiling, nothing zeroed yet
+        if self.step == schedule.zeroed_by(self.ramp_end) and self.on_zeroed is not None:
+            self.on_zeroed(model)
+
+    def _ramp_ended(self, model: nn.Module, ratio: float) -> None:
+        """Reports the end of the ramp (nothing zeroed yet) with the pruned/kept norm ratio."""
+        if self.on_ramp_end is not None:
+            self.on_ramp_end(model, ratio)
+
+    def finished(self) -> bool:
+        """Tells whether an adaptive phase has done its zero-out pass (an authors' phase runs to its end)."""
+        return (self.schedule.adaptive and self.ramp_end is not None
+                and self.step >= self.schedule.end(self.ramp_end))
 
     def state_dict(self) -> dict[str, Any]:
-        """Returns the step count: it fixes lambda and the zero-out schedule of a resumed phase."""
-        return {"step": self.step}
+        """Returns the step count and where the ramp ended: they fix lambda and the zero-out of a resumed
+        phase."""
+        return {"step": self.step, "ramp_end": -1 if self.ramp_end is None else self.ramp_end}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores a resumed phase's step count."""
+        """Restores a resumed phase's step count and ramp end."""
         self.step = int(state["step"])
+        ramp_end = int(state.get("ramp_end", -1))
+        self.ramp_end = None if ramp_end < 0 else ramp_end
+
+
+WARN_COST = 0.01  # a zero-out that costs more than 1 point of accuracy is a warning
+
+
+def zero_out_warning(cost: float, ratio: float, options: TppOptions) -> str | None:
+    """Returns what to change when the zero-out cost more than 1 point, else None."""
+    if cost <= WARN_COST:
+        return None
+    fix = ("lower options.norm_ratio or raise options.max_reg_steps" if options.schedule == "adaptive"
+           else "use options.schedule 'adaptive', or raise options.scale (a longer ramp)")
+    return (f"the TPP zero-out cost {100 * cost:.2f} accuracy points (pruned filters still at {ratio:.2g} of "
+            f"the kept filters' norm when zeroed): {fix}")
 
 
 class TppMethod:
@@ -221,37 +281,42 @@ class TppMethod:
     structured = True
 
     def _regularize(self, ctx: PruneContext, plans: Sequence[GroupPlan], options: TppOptions,
-                    reg_steps: int, total_steps: int) -> None:
-        """Runs (or resumes) the regularization phase, then completes the zero-out."""
+                    schedule: TppSchedule) -> int:
+        """Runs (or resumes) the regularization phase, then completes the zero-out; returns its steps."""
         trainer = ctx.trainer
 
-        def ramp_end(model: nn.Module) -> None:
-            """Keeps the accuracy at the end of the ramp (it travels in the checkpoints)."""
+        def ramp_end(model: nn.Module, ratio: float) -> None:
+            """Keeps the accuracy and norm ratio at the end of the ramp (they travel in the checkpoints)."""
             trainer.remember("tpp.accuracy_after_regularization", trainer.evaluate(model))
+            trainer.remember("tpp.norm_ratio_at_zero_out", ratio)
+            trainer.remember("tpp.lambda_at_zero_out", hooks.lam(hooks.step))
+            trainer.remember("tpp.regularization_steps", schedule.end(hooks.step))
 
-        hooks = TppHooks(ctx.model, plans, options, reg_steps=reg_steps, total_steps=total_steps,
-                         on_ramp_end=ramp_end)
-        if total_steps > 0:
-            trainer.fit(ctx.model, phase=REG_PHASE, stage="pruning",
-                        epochs=options.reg_epochs + options.stabilize_epochs, lr=options.reg_lr,
-                        schedule="constant", momentum=REG_MOMENTUM, hooks=hooks)
-            if hooks.step == 0 and not _is_zeroed(ctx.model, plans):
-                # A resumed job whose reg phase had finished must get that phase's final weights back.
-                raise RuntimeError("the trainer neither ran nor restored the TPP regularization phase")
-        zero_out(ctx.model, plans)  # a no-op after the scheduled zero-out; the whole zero-out without steps
+        def zeroed(model: nn.Module) -> None:
+            """Keeps the accuracy right after the last group was zeroed."""
+            trainer.remember("tpp.accuracy_after_zero_out", trainer.evaluate(model))
+
+        hooks = TppHooks(ctx.model, plans, options, schedule=schedule, on_ramp_end=ramp_end, on_zeroed=zeroed)
+        trainer.fit(ctx.model, phase=REG_PHASE, stage="pruning", epochs=0.0, steps=schedule.max_steps,
+                    lr=options.reg_lr, schedule="constant", momentum=REG_MOMENTUM, hooks=hooks)
+        if hooks.step == 0 and schedule.max_steps > 0 and not _is_zeroed(ctx.model, plans):
+            # A resumed job whose reg phase had finished must get that phase's final weights back.
+            raise RuntimeError("the trainer neither ran nor restored the TPP regularization phase")
+        if trainer.recall("tpp.accuracy_after_regularization") is None:  # no ramp ran: zero out at once
+            trainer.remember("tpp.accuracy_after_regularization", trainer.evaluate(ctx.model))
+            trainer.remember("tpp.norm_ratio_at_zero_out", hooks.norm_ratio())
+        zero_out(ctx.model, plans)  # a no-op after the scheduled zero-out
+        if trainer.recall("tpp.accuracy_after_zero_out") is None:
+            trainer.remember("tpp.accuracy_after_zero_out", trainer.evaluate(ctx.model))
+        return int(trainer.recall("tpp.regularization_steps") or 0)
 
     def _prune(self, ctx: PruneContext, plans: Sequence[GroupPlan], options: TppOptions,
-               reg_steps: int, total_steps: int) -> dict[str, float]:
+               schedule: TppSchedule) -> dict[str, float]:
         """Regularizes, zeroes and removes; returns the accuracies around it and checks removal was exact."""
         trainer, model = ctx.trainer, ctx.model
-        self._regularize(ctx, plans, options, reg_steps, total_steps)
-        before_reg = float(trainer.recall("tpp.accuracy_before_regularization") or 0.0)
-        after_reg = trainer.recall("tpp.accuracy_after_regularization")  # None without a ramp
-        facts = {
-            "accuracy_before_regularization": before_reg,
-            "accuracy_after_regularization": before_reg if after_reg is None else float(after_reg),
-            "accuracy_before_removal": trainer.evaluate(model),
-        }
+        self._regularize(ctx, plans, options, schedule)
+        facts = {key: float(trainer.recall(f"tpp.{key}") or 0.0) for key in _FACTS[:4]}
+        facts["accuracy_before_removal"] = trainer.evaluate(model)
         remove(model, plans, example_input(ctx))
         facts["accuracy_after_removal"] = trainer.evaluate(model)
         before, after = facts["accuracy_before_removal"], facts["accuracy_after_removal"]
@@ -263,14 +328,11 @@ class TppMethod:
         return facts
 
     def run(self, ctx: PruneContext) -> MethodResult:
-        """Prunes with TPP and finetunes; reports accuracy before/after regularization and removal."""
+        """Prunes with TPP and finetunes (distilling from the dense model when finetune.distill is set);
+        reports the accuracies around regularization, zero-out and removal, and the zero-out cost."""
         options = TppOptions.model_validate(ctx.config.options)
         trainer, model = ctx.trainer, ctx.model
-        reg_epochs = options.reg_epochs + options.stabilize_epochs
-        trainer.plan([(REG_PHASE, reg_epochs), (FINETUNE_PHASE, float(ctx.config.finetune.epochs))])
-        # The same rounding as Trainer.fit: fractional epochs round up to whole steps.
-        reg_steps = math.ceil(options.reg_epochs * trainer.steps_per_epoch - 1e-9)
-        total_steps = math.ceil(reg_epochs * trainer.steps_per_epoch - 1e-9)
+        teacher = make_teacher(model, ctx.config.finetune)
         if trainer.recall("tpp.accuracy_before_regularization") is None:
             trainer.remember("tpp.accuracy_before_regularization", trainer.evaluate(model))
         # Only groups whose zeroed channels leave the output unchanged: a LayerNorm over the channel (the
@@ -278,23 +340,42 @@ class TppMethod:
         # rows make the head output zero. Gram and L2 terms go to the layers' rows (whole heads' q/k/v
         # rows for attention), the BN term to the group's norms (BatchNorms only, after this filter).
         selection = choose(ctx, options, exact=True)
+        schedule = make_tpp_schedule(options, len(selection.plans))
+        trainer.plan([(REG_PHASE, schedule.max_steps / trainer.steps_per_epoch),
+                      (FINETUNE_PHASE, float(ctx.config.finetune.epochs))])
         layers = layer_report(model, selection.plans)
-        keys = ("accuracy_before_regularization", "accuracy_after_regularization",
-                "accuracy_before_removal", "accuracy_after_removal")
         if trainer.recall("tpp.accuracy_after_removal") is None:  # removal not checkpointed: (re)do it
-            facts = self._prune(ctx, selection.plans, options, reg_steps, total_steps)
+            facts = self._prune(ctx, selection.plans, options, schedule)
         else:  # a resumed finetune: rebuild the pruned structure; Trainer.fit restores the weights
             remove(model, selection.plans, example_input(ctx))
-            facts = {key: float(trainer.recall(f"tpp.{key}") or 0.0) for key in keys}
-        first_epoch = finetune(ctx, model)
+            facts = {key: float(trainer.recall(f"tpp.{key}") or 0.0) for key in _FACTS}
+        cost = facts["accuracy_after_regularization"] - facts["accuracy_after_zero_out"]
+        warning = zero_out_warning(cost, facts["norm_ratio_at_zero_out"], options)
+        if warning is not None:
+            trainer.warn(warning)
+        first_epoch = finetune(ctx, model, teacher)
         report = {
             "options": options.model_dump(), **selection.report, **facts,
+            "zero_out_cost": cost,
             "accuracy_after_first_finetune_epoch": first_epoch,
-            "regularization_steps": {"total": total_steps, "ramp": reg_steps,
-                                     "stabilize": total_steps - reg_steps,
-                                     "steps_per_epoch": trainer.steps_per_epoch},
+            "regularization_steps": int(trainer.recall("tpp.regularization_steps") or 0),
+            "schedule": _schedule_report(schedule, trainer.recall("tpp.lambda_at_zero_out")),
+            "distill": distill_report(ctx.config.finetune),
+            "warnings": [] if warning is None else [warning],
         }
         return MethodResult(model=model, report=report, layers=layers)
+
+
+_FACTS = ("accuracy_before_regularization", "accuracy_after_regularization", "accuracy_after_zero_out",
+          "norm_ratio_at_zero_out", "accuracy_before_removal", "accuracy_after_removal")
+
+
+def _schedule_report(schedule: TppSchedule, lam: float | int | str | None) -> dict[str, Any]:
+    """Returns the resolved schedule for the report: mode, increments, ramp, hold, zero-out spacing."""
+    return {"mode": "adaptive" if schedule.adaptive else "authors", "lambda_increment": schedule.increment,
+            "update_interval": schedule.update_interval, "ramp_steps": schedule.ramp_steps,
+            "hold_steps": schedule.hold_steps, "zero_out_interval": schedule.zero_out_interval,
+            "max_steps": schedule.max_steps, "lambda_at_zero_out": None if lam is None else float(lam)}
 
 
 register(TppMethod())

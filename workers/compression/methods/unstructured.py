@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.compression.config import MagnitudeOptions, WeightMomOptions
+from workers.compression.config import FinetuneConfig, MagnitudeOptions, WeightMomOptions
+from workers.compression.distill import distill_report, make_teacher
 from workers.compression.measure import count_params
 from workers.compression.methods.base import MethodResult, PruneContext, StepHooks
 from workers.compression.methods.masks import PrunableLayer, global_removal_counts, select_prunable
@@ -25,6 +26,7 @@ from workers.compression.report import default_layers
 
 __all__ = [
     "MAGNITUDE", "MIN_KEEP", "WEIGHTMOM", "GradualPruningHooks", "UnstructuredMethod", "resolve_beta_gamma",
+    "resolve_t_end",
 ]
 
 MIN_KEEP = 1  # weights every prunable layer keeps, so no layer cuts the network in two
@@ -34,6 +36,20 @@ HONEST_NOTE = (
     "Unstructured zeros do not make a dense runtime faster: they shrink the compressed model "
     "(compare onnx_zstd_bytes) and can be served by sparse-aware runtimes."
 )
+
+
+FIRST_LR_DROP = 0.5  # training.learning_rate's step schedule: x0.1 at 50% of the steps
+COSINE_T_END = 0.6  # specs/weightmom.md: the ramp ends at 60% of the run (a cosine LR has no drop)
+
+
+def resolve_t_end(options: MagnitudeOptions, finetune: FinetuneConfig, total_steps: int) -> float:
+    """Returns where the pruning window closes, as a fraction of the run: options.t_end, or the first LR drop
+    of a step schedule (exactly at its step, so every event trains at the full LR), or 60% of a cosine run."""
+    if options.t_end is not None:
+        return options.t_end
+    if finetune.schedule == "step" and total_steps > 0:
+        return math.floor(total_steps * FIRST_LR_DROP) / total_steps
+    return COSINE_T_END
 
 
 def resolve_beta_gamma(options: MagnitudeOptions, interval: int) -> tuple[float, float]:
@@ -135,15 +151,17 @@ class UnstructuredMethod:
         target = ctx.config.target.sparsity
         assert target is not None  # config.METHOD_TARGETS allows only a sparsity target here
         trainer, finetune = ctx.trainer, ctx.config.finetune
+        teacher = make_teacher(ctx.model, finetune)
         layers = select_prunable(ctx.model, options.exclude_layers)
         total_steps = math.ceil(finetune.epochs * trainer.steps_per_epoch)
+        t_end = resolve_t_end(options, finetune, total_steps)
 
         def record(model: nn.Module) -> None:
             """Keeps the accuracy right after the last pruning event across resumed attempts."""
             trainer.remember(ACCURACY_KEY, trainer.evaluate(model))
 
         schedule = make_schedule(
-            total_steps=total_steps, t0=options.t0, t_end=options.t_end, interval=options.interval,
+            total_steps=total_steps, t0=min(options.t0, t_end), t_end=t_end, interval=options.interval,
             final_sparsity=target,
         )
         beta, gamma = resolve_beta_gamma(options, schedule.interval)
@@ -158,15 +176,15 @@ class UnstructuredMethod:
             trainer.fit(
                 ctx.model, phase=PHASE, epochs=finetune.epochs, lr=finetune.lr, schedule=finetune.schedule,
                 optimizer=finetune.optimizer, momentum=finetune.momentum, weight_decay=finetune.weight_decay,
-                hooks=hooks, stage="pruning",
+                hooks=hooks, stage="pruning", teacher=teacher,
             )
             if not finished_before and hooks.step != total_steps:
                 raise RuntimeError(f"the trainer ran {hooks.step} steps; the schedule planned {total_steps}")
-        return self._result(ctx, hooks, layers, options)
+        return self._result(ctx, hooks, layers, options, t_end)
 
     def _result(
         self, ctx: PruneContext, hooks: GradualPruningHooks, layers: list[PrunableLayer],
-        options: MagnitudeOptions,
+        options: MagnitudeOptions, t_end: float,
     ) -> MethodResult:
         """Builds the report from the model's weights as they are (a resumed, finished job has no masks)."""
         prunable = {layer.name for layer in layers}
@@ -178,7 +196,7 @@ class UnstructuredMethod:
         schedule = hooks.schedule
         report = {
             "beta": hooks.beta, "gamma": hooks.gamma, "interval": schedule.interval,
-            "interval_requested": options.interval, "t0": options.t0, "t_end": options.t_end,
+            "interval_requested": options.interval, "t0": options.t0, "t_end": t_end,
             "t0_step": schedule.t0_step, "t_end_step": schedule.t_end_step,
             "total_steps": schedule.total_steps,
             "exclude_layers": list(options.exclude_layers), "min_keep": hooks.min_keep,
@@ -189,6 +207,7 @@ class UnstructuredMethod:
             "params": params, "nonzero_params": nonzero, "prunable_params": prunable_params,
             "accuracy_after_last_prune": ctx.trainer.recall(ACCURACY_KEY),
             "pruning_events": len(schedule.event_steps),
+            "distill": distill_report(ctx.config.finetune),
             "note": HONEST_NOTE,
         }
         return MethodResult(model=ctx.model, report=report, layers=stats)

@@ -1,0 +1,95 @@
+"""TPP's penalty schedule in optimizer steps, the authors' way (MingSun-Tse/TPP, `pruner/opp_pruner.py`).
+
+Their CIFAR run: lambda grows by 1e-4 every 10 iterations up to 1 (100,000 iterations), then holds at 1 for
+10,000 iterations, zeroing one layer's pruned filters every 100 iterations of the hold. A service cannot
+spend 280 CIFAR epochs, so every step count is multiplied by `scale` (the ramp through a larger increment).
+
+The scaling rule, and why the default is 0.02: what empties a pruned filter is the L2 pull, which with SGD
+(LR eta, momentum mu) shrinks it by exp(-eta/(1-mu) * sum_t lambda_t). Over the scaled ramp and hold that
+sum is eta/(1-mu) * lambda_max * (ramp/2 + hold) = 0.01 * (50,000 + 10,000) * scale = 600 * scale. At 0.02
+it is 12: an untouched filter falls to e^-12 (6e-6) of its norm, well below the 1e-3 the adaptive mode
+asks for; half that scale (e^-6 = 2.5e-3) would not reach it. 0.02 gives 2,000 ramp + 200 hold steps, a
+zero-out every 2 steps: the same shape, 1/50 of the length.
+
+The adaptive mode (our step beyond the paper) grows lambda `growth` (10) times faster and stops the ramp at
+the first update where every pruned channel is below `norm_ratio` (1e-3) of its layer's kept channels; with
+the linear ramp the pull then needs ~sqrt(1/growth) of the steps (~600 instead of ~1,900 to reach 1e-3 from
+a BN shift 9x the kept mean, as on ResNet-20). Its cap is the scaled ramp (2,000 steps, lambda 10 by then;
+SGD on the L2 term stays stable up to lambda = 2(1+mu)/eta = 3,800). The Gram term's lambda never exceeds
+lambda_max, so a fast pull does not twist the kept filters harder than the authors' ceiling does.
+Torch-free, so the shape is unit-tested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from workers.compression.config import TppOptions
+
+__all__ = ["TppSchedule", "make_tpp_schedule"]
+
+
+@dataclass(frozen=True)
+class TppSchedule:
+    """The resolved schedule of one TPP job, all in optimizer steps of the regularization phase."""
+
+    adaptive: bool
+    increment: float  # lambda added every `update_interval` steps (scaled)
+    update_interval: int
+    lambda_max: float  # authors: the ramp's ceiling; adaptive: the ceiling of the Gram weight's lambda
+    ramp_steps: int  # steps of the scaled staircase to lambda_max (adaptive: its default cap)
+    hold_steps: int  # authors: the stabilization phase; adaptive: one zero-out pass
+    zero_out_interval: int  # steps between two groups' zero-out
+    max_steps: int  # the phase's length (authors) or its cap (adaptive)
+    groups: int
+
+    def lam(self, step: int, ramp_end: int | None = None) -> float:
+        """Returns lambda for 0-based step `step`: increment * floor(step / update_interval), frozen at
+        `ramp_end` (adaptive: where the norms fell low enough) or at lambda_max (authors)."""
+        grown = self.increment * ((step if ramp_end is None else min(step, ramp_end)) // self.update_interval)
+        return grown if self.adaptive else min(grown, self.lambda_max)
+
+    def gram_lambda(self, lam: float) -> float:
+        """Returns the lambda that weights the Gram term: never above lambda_max (the authors' ceiling), so an
+        adaptive ramp that grows past it pulls pruned filters harder without twisting the kept ones more."""
+        return min(lam, self.lambda_max)
+
+    def zero_at(self, ramp_end: int) -> list[int]:
+        """Returns, per group, the step count after which it is zeroed (and re-zeroed after every later step):
+        one group every zero_out_interval steps after the ramp (as the authors: layer i at (i+1)*interval)."""
+        return [ramp_end + (i + 1) * self.zero_out_interval for i in range(self.groups)]
+
+    def zeroed_by(self, ramp_end: int) -> int:
+        """Returns the steps after which every group has been zeroed."""
+        return ramp_end + self.groups * self.zero_out_interval
+
+    def end(self, ramp_end: int) -> int:
+        """Returns the phase's length in steps once the ramp ended at `ramp_end`."""
+        return min(ramp_end + self.hold_steps, self.max_steps) if self.adaptive else self.max_steps
+
+
+def make_tpp_schedule(options: TppOptions, groups: int) -> TppSchedule:
+    """Scales the authors' step counts by options.scale; the zero-out interval shrinks so that every group
+    is zeroed within the hold (the authors refuse to run otherwise)."""
+    scale = options.scale
+    staircase = options.reg_granularity / scale
+    ramp = options.update_interval * math.ceil(options.lambda_max / staircase - 1e-9)
+    adaptive = options.schedule == "adaptive"
+    increment = staircase * options.growth if adaptive else staircase
+    hold = round(options.stabilize_steps * scale)
+    count = max(groups, 1)
+    interval = max(1, round(options.zero_out_interval * scale))
+    if options.schedule == "adaptive":
+        hold = count * interval  # one zero-out pass
+    elif count * interval > hold:
+        interval = max(1, hold // count)
+        hold = max(hold, count * interval)
+    if adaptive:
+        cap = options.max_reg_steps if options.max_reg_steps is not None else ramp
+        max_steps = cap + hold if cap > 0 else 0  # a cap of 0: zero out at once, no regularization
+    else:
+        max_steps = ramp + hold
+    return TppSchedule(adaptive=adaptive, increment=increment, update_interval=options.update_interval,
+                       lambda_max=options.lambda_max, ramp_steps=ramp, hold_steps=hold,
+                       zero_out_interval=interval, max_steps=max_steps, groups=count)
