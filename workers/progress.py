@@ -84,4 +84,5 @@ class ProgressWriter:
         eta = elapsed_s * (1.0 - event.fraction) / event.fraction if event.fraction >= 0.01 else None
         return {"fraction": round(event.fraction, 4), "epoch": event.epoch, "epochs": event.epochs,
                 "step": event.step, "steps": event.steps, "eta_s": None if eta is None else round(eta, 1),
-                "metrics": dict(event.metrics)}
+                "metrics": dict(event.metrics),
+                **({"warnings": list(event.warnings)} if event.warnings else {})}

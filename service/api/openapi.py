@@ -25,7 +25,7 @@ _FASTAPI_422 = {_REF.format(model="HTTPValidationError")}
 CONFIG_EXAMPLES: list[dict[str, Any]] = [
     {"method": "l1", "architecture": "resnet56", "target": {"pruning_ratio": 0.5},
      "finetune": {"epochs": 10, "lr": 0.01, "batch_size": 128}, "seed": 0},
-    {"method": "tpp", "target": {"flops_reduction": 2.0}, "options": {"schedule": "adaptive", "norm_ratio": 0.001}},
+    {"method": "tpp", "target": {"flops_reduction": 2.0}, "options": {"norm_ratio": 0.001}},
     {"method": "weightmom", "target": {"sparsity": 0.9}, "options": {"gamma": 0.5, "interval": 100}},
 ]
 

@@ -30,6 +30,7 @@ class Progress:
     steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     epoch_end: bool = False  # True once per finished epoch: a safe point to checkpoint
+    warnings: tuple[str, ...] = ()  # what to change (e.g. a costly TPP zero-out); repeated once raised
 
 
 ProgressCallback = Callable[[Progress], None]
