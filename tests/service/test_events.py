@@ -6,12 +6,15 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from service.api import routes_events
+from service.auth.service import KeyService
 from service.client import SseEvent, iter_sse
 from tests.service.live import Live, sample_report, serve
 
@@ -126,3 +129,89 @@ def test_missing_or_foreign_jobs_are_a_json_404_before_any_stream(live: Live) ->
         assert response.status_code == 404
         assert response.headers["content-type"] == "application/json"
         assert json.loads(response.text)["error"]["code"] == "not_found"
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Iterator[tuple[Live, dict[str, str]]]:
+    """A server in keys mode with small stream caps (2 per tenant, 3 in all), a fast key re-check and a
+    1 s stream lifetime; with keys of tenants acme and globex (their Authorization headers)."""
+    saved = routes_events.POLL_S
+    routes_events.POLL_S = 0.02
+    try:
+        with serve(tmp_path, auth="keys", max_streams_per_tenant=2, max_streams=3, stream_auth_recheck_s=0.2,
+                   stream_max_s=1.0) as server:
+            keys = KeyService(server.app.state.context.jobs.sessions)
+            tokens = {tenant: f"Bearer {keys.create(tenant=tenant)[1]}" for tenant in ("acme", "globex")}
+            yield server, tokens
+    finally:
+        routes_events.POLL_S = saved
+
+
+def _open(stack: ExitStack, http: httpx.Client, job_id: str, token: str) -> httpx.Response:
+    """Opens an event stream and keeps it open until the stack closes."""
+    return stack.enter_context(http.stream("GET", f"/jobs/{job_id}/events", headers={"Authorization": token}))
+
+
+def _open_streams(live: Live) -> int:
+    """How many streams the server holds shares for."""
+    shares = getattr(live.app.state, "stream_shares", None)
+    return 0 if shares is None else shares.used
+
+
+def test_streams_are_capped_per_tenant_and_in_all(keyed: tuple[Live, dict[str, str]]) -> None:
+    live, tokens = keyed
+    acme, globex = live.worker.insert(tenant="acme"), live.worker.insert(tenant="globex")
+    with httpx.Client(base_url=live.url, timeout=10) as http, ExitStack() as stack:
+        assert [_open(stack, http, acme, tokens["acme"]).status_code for _ in range(2)] == [200, 200]
+        over = http.get(f"/jobs/{acme}/events", headers={"Authorization": tokens["acme"]})
+        assert (over.status_code, over.json()["error"]["code"]) == (429, "too_many_streams")
+        assert "you have" in over.json()["error"]["message"]
+        assert over.headers["retry-after"] == "5"
+        assert _open(stack, http, globex, tokens["globex"]).status_code == 200  # its own share
+        full = http.get(f"/jobs/{globex}/events", headers={"Authorization": tokens["globex"]})
+        assert (full.status_code, full.json()["error"]["code"]) == (429, "too_many_streams")
+        assert "the server has" in full.json()["error"]["message"]
+    deadline = time.monotonic() + 5
+    while _open_streams(live) and time.monotonic() < deadline:  # closed streams give their shares back
+        time.sleep(0.02)
+    assert _open_streams(live) == 0
+
+
+def test_a_revoked_keys_stream_ends_within_the_recheck(keyed: tuple[Live, dict[str, str]]) -> None:
+    live, _ = keyed
+    keys = KeyService(live.app.state.context.jobs.sessions)
+    row, token = keys.create(tenant="acme", name="to-revoke")
+    job_id = live.worker.insert(tenant="acme")
+    events: list[SseEvent] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=live.url, timeout=10) as http, \
+            http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as stream:
+        for event in iter_sse(stream.iter_lines()):
+            events.append(event)
+            if event.event == "status":
+                keys.revoke(row.id)
+                revoked_at = time.monotonic()
+        ended_after = time.monotonic() - revoked_at
+    assert [e.event for e in events] == ["status", "error"]
+    assert events[-1].json()["error"]["code"] == "unauthorized"
+    assert ended_after < 0.2 + 0.5  # the re-check interval, plus a poll and some scheduling
+
+
+def test_a_stream_ends_at_its_lifetime_and_resumes_with_last_event_id(
+    keyed: tuple[Live, dict[str, str]],
+) -> None:
+    live, tokens = keyed
+    job_id = live.worker.insert(tenant="acme")
+    started = time.monotonic()
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        with http.stream("GET", f"/jobs/{job_id}/events", headers={"Authorization": tokens["acme"]}) as first:
+            seen = list(iter_sse(first.iter_lines()))
+        lived = time.monotonic() - started
+        assert [e.event for e in seen] == ["status"]  # no `end`: the job is still queued
+        assert 1.0 <= lived < 3.0
+        lease = live.worker.claim(job_id)
+        live.worker.finish(job_id, lease, "cancelled")
+        headers = {"Authorization": tokens["acme"], "Last-Event-ID": seen[-1].id or ""}
+        with http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as resumed:
+            after = list(iter_sse(resumed.iter_lines()))
+    assert [e.event for e in after] == ["end"]  # the queued state was not sent again
