@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import safetensors.numpy as safetensors_numpy
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.security.uploads import image_zip, linear_onnx, mlp_safetensors, npz_dataset, png
 
@@ -120,7 +121,8 @@ def build_corpus(canary: Canary, outside: Path) -> list[Item]:
     """Returns the whole corpus; `outside` is a folder escapes aim at (it must stay empty)."""
     items = [*pickles(canary), *_torch_archives(canary), *_onnx(outside), *_safetensors(),
              *_zips(outside, canary.token), *_tars(outside, canary.token), *_images(),
-             *_contradictions(canary)]
+             *_contradictions(canary), *_costly(), *_unsupported_graphs(outside), *_nonfinite(),
+             *_pixel_amplification()]
     names = [item.name for item in items]
     assert len(names) == len(set(names)), "corpus names must be unique"
     return items
@@ -391,7 +393,12 @@ def _tars(outside: Path, token: str) -> Iterator[Item]:
 
 def _png_bomb() -> bytes:
     """A real 1-bit 20000x20000 PNG (400 Mpx): a few KB that decode to 400 MB of pixels."""
-    width = height = 20_000
+    return _png_1bit(20_000)
+
+
+def _png_1bit(side: int) -> bytes:
+    """A real all-black 1-bit side x side PNG: a few KB whatever its size."""
+    width = height = side
     row = b"\x00" + bytes((width + 7) // 8)  # filter byte + packed bits
     raw = zlib.compress(row * height, 9)
 
@@ -408,6 +415,140 @@ def _images() -> Iterator[Item]:
     yield Item("bomb.png", bomb, "a PNG decompression bomb uploaded as is")
     yield Item("png-bomb.zip", _zip_entries([*_valid_members(), (_zip_info("train/cat/bomb.png"), bomb)]),
                "a PNG decompression bomb inside an image folder")
+
+
+def _with_side_branch(nodes: list[onnx.NodeProto], scalar: str,
+                      initializers: list[TensorProto] | None = None) -> onnx.ModelProto:
+    """The valid linear model whose logits get `scalar` (computed by `nodes`) added: checker-clean, and
+    only what the extra branch computes is wrong."""
+    model = linear_onnx()
+    graph = model.graph
+    graph.node[1].output[0] = "linear"
+    graph.node.extend([*nodes, helper.make_node("Add", ["linear", scalar], ["logits"])])
+    graph.initializer.extend(initializers or [])
+    return model
+
+
+def _ints(name: str, values: list[int]) -> TensorProto:
+    """An int64 initializer."""
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def _constant_of_shape(elements: int) -> bytes:
+    """A few hundred bytes that ask for `elements` zeros (ConstantOfShape), summed into the logits."""
+    return _onnx_bytes(_with_side_branch(
+        [helper.make_node("ConstantOfShape", ["size"], ["zeros"]),
+         helper.make_node("ReduceSum", ["zeros"], ["extra"], keepdims=1)],
+        "extra", [_ints("size", [elements])]))
+
+
+def _matmul_chain(links: int, side: int = 4096) -> bytes:
+    """A chain of `links` MatMuls over side x side tensors made by ConstantOfShape: hours of CPU per pass."""
+    nodes = [helper.make_node("ConstantOfShape", ["square"], ["m0"],
+                              value=numpy_helper.from_array(np.array([1e-4], np.float32)))]
+    nodes += [helper.make_node("MatMul", [f"m{i}", "m0"], [f"m{i + 1}"]) for i in range(links)]
+    nodes.append(helper.make_node("ReduceMean", [f"m{links}"], ["extra"], keepdims=0))
+    return _onnx_bytes(_with_side_branch(nodes, "extra", [_ints("square", [side, side])]))
+
+
+def _costly() -> Iterator[Item]:
+    """Tiny graphs whose computation is huge or unknowable before running them (model_too_costly)."""
+    for name, power in (("constant-of-shape-2g.onnx", 29), ("constant-of-shape-32g.onnx", 33)):
+        yield Item(name, _constant_of_shape(1 << power), f"one ConstantOfShape of 2^{power} floats")
+    computed = _with_side_branch(
+        [helper.make_node("Shape", ["input"], ["in_shape"]),
+         helper.make_node("Slice", ["in_shape", "zero", "one"], ["batch"]),
+         helper.make_node("Concat", ["batch", "huge"], ["size"], axis=0),
+         helper.make_node("ConstantOfShape", ["size"], ["zeros"]),
+         helper.make_node("ReduceSum", ["zeros"], ["extra"], keepdims=0)],
+        "extra", [_ints("zero", [0]), _ints("one", [1]), _ints("huge", [1 << 29])])
+    yield Item("computed-shape.onnx", _onnx_bytes(computed), "ConstantOfShape((batch, 2^29)) from the input")
+    yield Item("matmul-chain.onnx", _matmul_chain(2000), "2,000 MatMuls over 4096x4096 tensors")
+    nonzero = _with_side_branch(
+        [helper.make_node("NonZero", ["input"], ["where"]),
+         helper.make_node("Cast", ["where"], ["found"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceSum", ["found"], ["extra"], keepdims=0)], "extra")
+    yield Item("data-dependent-shape.onnx", _onnx_bytes(nonzero), "a NonZero: a size known only at run time")
+
+
+def _subgraph(name: str, inputs: list[onnx.ValueInfoProto] | None = None) -> onnx.GraphProto:
+    """A body graph returning one float scalar (what If/Loop/Scan bodies here compute)."""
+    one = numpy_helper.from_array(np.array(1.0, np.float32), f"{name}_one")
+    return helper.make_graph([helper.make_node("Identity", [one.name], [f"{name}_out"])], name, inputs or [],
+                             [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [])], [one])
+
+
+def _unsupported_graphs(outside: Path) -> Iterator[Item]:
+    """Control flow (If, Loop, Scan) and external data hidden in training_info."""
+    branch = _with_side_branch(
+        [helper.make_node("ReduceSum", ["input"], ["total"], keepdims=0),
+         helper.make_node("Greater", ["total", "zero"], ["positive"]),
+         helper.make_node("If", ["positive"], ["extra"], then_branch=_subgraph("then"),
+                          else_branch=_subgraph("else"))],
+        "extra", [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    yield Item("if-branch.onnx", _onnx_bytes(branch), "an If node (control flow)")
+    body_inputs = [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                   helper.make_tensor_value_info("cond", TensorProto.BOOL, [])]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Identity", ["one"], ["scan"])],
+        "body", body_inputs,
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("scan", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    loop = _with_side_branch(
+        [helper.make_node("Loop", ["trips", ""], ["steps"], body=body),
+         helper.make_node("ReduceSum", ["steps"], ["extra"], keepdims=0)],
+        "extra", [numpy_helper.from_array(np.array(1 << 40, np.int64), "trips")])
+    yield Item("loop.onnx", _onnx_bytes(loop), "a Loop of 2^40 iterations")
+    scan_body = helper.make_graph(
+        [helper.make_node("Identity", ["row"], ["row_out"])], "scan_body",
+        [helper.make_tensor_value_info("row", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("row_out", TensorProto.FLOAT, [4])])
+    scan = _with_side_branch(
+        [helper.make_node("Scan", ["input"], ["rows"], body=scan_body, num_scan_inputs=1),
+         helper.make_node("ReduceSum", ["rows"], ["extra"], keepdims=0)], "extra")
+    yield Item("scan.onnx", _onnx_bytes(scan), "a Scan over the batch (control flow)")
+    hidden = linear_onnx()
+    init = helper.make_graph([], "init", [], [])
+    weight = numpy_helper.from_array(np.zeros(8, np.float32), "hidden")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", str(outside / "secret.bin")), ("offset", "0"), ("length", "32")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    init.initializer.append(weight)
+    hidden.training_info.add().initialization.CopyFrom(init)
+    yield Item("training-info-external.onnx", _onnx_bytes(hidden), "external data inside training_info")
+
+
+def _nonfinite() -> Iterator[Item]:
+    """NaN and infinity in weights and in data (they used to fail late as export_mismatch)."""
+    nan = linear_onnx()
+    weights = numpy_helper.to_array(nan.graph.initializer[0]).copy()
+    weights[0, 0] = np.nan
+    nan.graph.initializer[0].CopyFrom(numpy_helper.from_array(weights, "W"))
+    yield Item("nan-weights.onnx", _onnx_bytes(nan), "a NaN in the weights")
+    tensors = safetensors_numpy.load(mlp_safetensors())
+    tensors["fc2.weight"][5, 7] = np.inf
+    yield Item("inf-weights.safetensors", safetensors_numpy.save(tensors, metadata={"architecture": "mlp"}),
+               "an infinite value in safetensors weights")
+    for name, value in (("nan-data.npz", np.nan), ("inf-data.npz", -np.inf)):
+        arrays = npz_members()
+        buf = io.BytesIO()
+        x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+        x[3, 1] = value
+        np.save(buf, x)
+        arrays["x_train.npy"] = buf.getvalue()
+        yield Item(name, _zip(arrays), f"{value} in x_train")
+
+
+def _pixel_amplification() -> Iterator[Item]:
+    """16 real 1-bit 4096x4096 PNGs (~2 KB each, at the per-image cap): 268 M pixels from ~40 KB."""
+    bit = _png_1bit(4096)
+    extra = [(_zip_info(f"train/{cls}/huge{i}.png"), bit) for i in range(8) for cls in ("cat", "dog")]
+    yield Item("png-amplification.zip", _zip_entries([*_valid_members(), *extra]),
+               "16 one-bit 4096x4096 PNGs in an image folder (pixels decoded per stored byte)")
 
 
 def _contradictions(canary: Canary) -> Iterator[Item]:

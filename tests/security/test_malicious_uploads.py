@@ -157,7 +157,7 @@ async def test_worker_revalidates_what_it_loads(
                    f"canaries fired: {len(corpus.canary.fired())}")
     assert len(queued) >= 20  # the sniff alone stops only the obvious; the rest is the loaders' job
     assert {code for code in outcomes.values()} <= {"invalid_model", "invalid_dataset", "unsupported_op",
-                                                     "unsupported_model_format"}, outcomes
+                                                     "unsupported_model_format", "model_too_costly"}, outcomes
     assert corpus.canary.fired() == []
 
 

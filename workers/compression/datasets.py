@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from workers.compression import npz
 from workers.compression.config import DataOptions
 from workers.compression.errors import InvalidDataset
+from workers.compression.pixel_budget import check_pixels
 from workers.compression.preprocessing import Preprocessing, resize_center_crop
 
 __all__ = ["IN_MEMORY_BYTES", "IN_MEMORY_SIDE", "MAX_NPZ_BYTES", "PAD", "ArrayBundle", "DatasetBundle",
@@ -37,6 +38,7 @@ PAD = 4  # pixels of zero padding before the random crop (the CIFAR convention)
 MAX_NPZ_BYTES = npz.DEFAULT_NPZ_LIMITS.max_total_bytes  # uncompressed bytes an .npz may hold
 IN_MEMORY_SIDE = 64  # same-size images up to this side are decoded once and kept in memory
 IN_MEMORY_BYTES = 1 << 30  # ... when all of them decode within this many bytes
+STATS_CHUNK_BYTES = 64 << 20  # float32 bytes of samples converted at a time for the train statistics
 
 
 @dataclass(kw_only=True)
@@ -218,14 +220,16 @@ def _labels(y: np.ndarray, name: str, n: int) -> torch.Tensor:
 
 
 def _train_stats(x: torch.Tensor, scale: float) -> Norm:
-    """Returns per-channel (or, for flat data, global) mean and std of the scaled train split."""
+    """Returns per-channel (or, for flat data, global) mean and std of the scaled train split, streamed:
+    float32 copies of one bounded chunk at a time, each chunk's sums added up in float64."""
     dims = (0, 2, 3) if x.dim() == 4 else (0, 1)
     total = torch.zeros(x.shape[1] if x.dim() == 4 else 1, dtype=torch.float64)
     squares = torch.zeros_like(total)
-    for chunk in torch.split(x, 4096):  # float64 copies of a chunk only, not of the whole split
-        c = chunk.to(torch.float64) * scale
-        total += c.sum(dims)
-        squares += (c * c).sum(dims)
+    rows = max(1, STATS_CHUNK_BYTES // max(1, 4 * x[0].numel()))
+    for chunk in torch.split(x, rows):
+        c = chunk.to(torch.float32) * scale
+        total += c.sum(dims).double()
+        squares += (c * c).sum(dims).double()
     count = x.numel() / total.numel()
     mean = total / count
     std = (squares / count - mean * mean).clamp_min(0).sqrt()
@@ -250,6 +254,7 @@ def load_dataset(path: Path, options: DataOptions, *, default_norm: Norm | None 
     from workers.compression.image_index import index_dataset
 
     index = index_dataset(path, kind, seed=seed)
+    check_pixels(index.sizes, path.stat().st_size)  # before any image is decoded
     return from_index(index, options, default_norm=default_norm, preprocessing=preprocessing)
 
 

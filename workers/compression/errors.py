@@ -9,6 +9,8 @@ __all__ = [
     "InvalidDataset",
     "InvalidModel",
     "JobStopped",
+    "ModelTooCostly",
+    "ResourcesExceeded",
     "UnsupportedModelFormat",
     "UnsupportedOp",
     "UserError",
@@ -45,6 +47,18 @@ class InvalidModel(UserError):
     """The model file is malformed, truncated, or does not fit the named architecture."""
 
     code = "invalid_model"
+
+
+class ModelTooCostly(UserError):
+    """The model's estimated memory or compute (from its graph, before running it) is over the limits."""
+
+    code = "model_too_costly"
+
+
+class ResourcesExceeded(UserError):
+    """The job crossed its memory ceiling or CPU-time budget while running: the input costs too much."""
+
+    code = "resources_exceeded"
 
 
 class UnsupportedModelFormat(UserError):

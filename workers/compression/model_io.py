@@ -21,6 +21,7 @@ from torch import nn
 from workers.compression import hf_archive, library_models, onnx_import, safetensors_file, zoo
 from workers.compression.architectures import ArchitectureRef, check_model_format, parse_architecture
 from workers.compression.errors import InvalidModel
+from workers.compression.onnx_cost import CostLimits, check_cost, estimate_onnx_cost
 from workers.compression.preprocessing import Preprocessing, for_architecture, for_onnx
 from workers.compression.safetensors_file import ALLOWED_DTYPES, TensorTable, listing
 from workers.compression.sniff import sniff_model_file
@@ -49,14 +50,27 @@ def load_model(
     kind = sniff_model_file(path)
     check_model_format(kind, architecture)
     if kind == "onnx":
-        return _load_onnx(path, input_shape, num_classes)
-    assert architecture is not None  # check_model_format refused weights without one
-    ref = parse_architecture(architecture)
-    if ref.library == "zoo":
-        return _load_safetensors(path, architecture, input_shape, num_classes)
-    if ref.library != "hf":
-        return _load_library(path, ref, input_shape, num_classes)
-    return _load_hf(path, ref, input_shape, num_classes)
+        loaded = _load_onnx(path, input_shape, num_classes)
+    else:
+        assert architecture is not None  # check_model_format refused weights without one
+        ref = parse_architecture(architecture)
+        if ref.library == "zoo":
+            loaded = _load_safetensors(path, architecture, input_shape, num_classes)
+        elif ref.library != "hf":
+            loaded = _load_library(path, ref, input_shape, num_classes)
+        else:
+            loaded = _load_hf(path, ref, input_shape, num_classes)
+    _check_finite(loaded.module)
+    return loaded
+
+
+def _check_finite(module: nn.Module) -> None:
+    """Refuses weights or buffers holding NaN or infinity: they would train to NaN and fail much later."""
+    bad = [name for name, t in module.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise InvalidModel(f"the model's weights hold NaN or infinite values ({listing(bad)}); they must be "
+                           "finite numbers")
 
 
 def _load_hf(path: Path, ref: ArchitectureRef, input_shape: tuple[int, ...], num_classes: int) -> LoadedModel:
@@ -108,9 +122,11 @@ def _load_library(weights: Path, ref: ArchitectureRef, input_shape: tuple[int, .
 
 
 def _load_onnx(path: Path, input_shape: tuple[int, ...], num_classes: int) -> LoadedModel:
-    """Validates and converts an ONNX file whose input and output fit the dataset."""
+    """Validates and converts an ONNX file whose input and output fit the dataset and whose estimated cost
+    is within the engine's limits (the service may hold it to lower ones at submit)."""
     model = onnx_import.read_onnx(path)
     classes = onnx_import.check_fits(model, input_shape, num_classes)
+    check_cost(estimate_onnx_cost(model, input_shape), CostLimits())
     module = onnx_import.to_torch(model, input_shape)
     with torch.no_grad():
         outputs = int(module(torch.zeros(1, *input_shape)).shape[1]) if classes is None else classes

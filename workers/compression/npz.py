@@ -4,7 +4,8 @@ An `.npz` is a ZIP of `.npy` files, and `numpy.load` trusts each `.npy` header: 
 shape far larger than the data (numpy allocates it before reading), an object dtype (a pickle), or a
 member may decompress to far more than it occupies. `scan_npz` reads every member once as a stream
 (nothing extracted, nothing allocated per element) and refuses anything but the four expected numeric
-arrays whose headers agree with the bytes that really come out. Torch-free: the upload sandbox uses it.
+arrays whose headers agree with the bytes that really come out, and whose floats are all finite (NaN in
+the data would train to NaN). Torch-free: the upload sandbox uses it.
 """
 
 from __future__ import annotations
@@ -105,11 +106,15 @@ def _scan_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: NpzLimits) 
             if header_len + data_len != info.file_size:
                 raise InvalidDataset(f"{name}: its header declares {shape} {dtype} ({data_len} bytes) but "
                                      f"the member holds {info.file_size - header_len} bytes of data")
-            counted = header_len + _drain(f)
+            drained, nonfinite = _drain(f, dtype)
+            counted = header_len + drained
     except ZIP_READ_ERRORS as exc:
         raise InvalidDataset(f"{name} in the .npz is truncated or corrupt ({exc})") from None
     if counted != info.file_size:  # zipfile stops at the declared size; fewer bytes means a lie
         raise InvalidDataset(f"{name} decompresses to {counted} bytes, not the {info.file_size} declared")
+    if nonfinite:
+        raise InvalidDataset(f"{name} holds {nonfinite} NaN or infinite values; the data must be finite "
+                             "numbers")
     return NpzMember(name.removesuffix(".npy"), shape, dtype)
 
 
@@ -137,12 +142,20 @@ def _read_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype[np.
     return tuple(int(d) for d in shape), dtype, int(f.tell())  # the data starts where the header ends
 
 
-def _drain(f: IO[bytes]) -> int:
-    """Reads a member to its end in chunks, returning how many bytes really came out."""
-    total = 0
+def _drain(f: IO[bytes], dtype: np.dtype[np.generic]) -> tuple[int, int]:
+    """Reads a member to its end in chunks; returns how many bytes really came out and, for floats, how
+    many of the values are NaN or infinite (counted on the way: the data never sits in memory whole)."""
+    total = nonfinite = 0
+    tail = b""  # a value split across two chunks waits for the rest of its bytes
     while chunk := f.read(_CHUNK):
         total += len(chunk)
-    return total
+        if dtype.kind == "f":
+            data = tail + chunk
+            whole = len(data) - len(data) % dtype.itemsize
+            values = np.frombuffer(data, dtype=dtype, count=whole // dtype.itemsize)
+            nonfinite += int(values.size - np.count_nonzero(np.isfinite(values)))
+            tail = data[whole:]
+    return total, nonfinite
 
 
 def check_samples(name: str, shape: tuple[int, ...], dtype: np.dtype[np.generic]) -> tuple[int, ...]:

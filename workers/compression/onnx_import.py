@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from workers.compression.errors import InvalidModel, UnsupportedOp
+from workers.compression.finite import nonfinite_count
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,6 +41,9 @@ MAX_INITIALIZERS = 20_000
 MAX_DIM = 1 << 24  # any one tensor dimension
 MAX_TENSOR_ELEMENTS = 1 << 28  # 1 GiB of float32 in one tensor
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+_FLOAT_KINDS: dict[int, str] = {onnx.TensorProto.FLOAT: "F32", onnx.TensorProto.FLOAT16: "F16",
+                onnx.TensorProto.BFLOAT16: "BF16", onnx.TensorProto.DOUBLE: "F64"}
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan", "SequenceMap"})  # subgraphs run a data-dependent count
 
 
 def read_onnx(path: Path) -> onnx.ModelProto:
@@ -147,33 +152,67 @@ def to_torch(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> nn.Module:
 
 
 def _validate(model: onnx.ModelProto) -> None:
-    """Refuses external data, custom domains and local functions, oversized graphs, and checker failures."""
+    """Refuses external data (anywhere, training_info included), custom domains, local functions, control
+    flow, oversized graphs, and checker failures."""
     domains = {o.domain for o in model.opset_import} - STANDARD_DOMAINS
     if domains or model.functions:
         what = f"custom operator domains {sorted(domains)}" if domains else "model-local functions"
         raise UnsupportedOp(f"the model uses {what}; only standard ONNX operators are supported")
     nodes = 0
-    for graph in _graphs(model.graph):
+    for graph in _every_graph(model):
         nodes += len(graph.node)
         for node in graph.node:
             if node.domain not in STANDARD_DOMAINS:
                 raise UnsupportedOp(f"node {node.name!r} uses operator {node.domain}::{node.op_type}; "
                                     "only standard ONNX operators are supported")
+            if node.op_type in CONTROL_FLOW:
+                raise UnsupportedOp(f"node {node.name!r} is control flow ({node.op_type}); the engine trains "
+                                    "only straight-line graphs (export with the branches traced away)")
     initializers = len(model.graph.initializer) + len(model.graph.sparse_initializer)
     if nodes > MAX_NODES or initializers > MAX_INITIALIZERS:
         raise InvalidModel(f"the graph has {nodes} nodes and {initializers} initializers; the limits are "
                            f"{MAX_NODES} and {MAX_INITIALIZERS}")
-    for tensor in _tensors(model.graph):
+    for tensor in (t for graph in _top_graphs(model) for t in _tensors(graph)):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0:
             raise InvalidModel(f"tensor {tensor.name!r} refers to external data; upload a single ONNX file "
                                "with all weights inside (onnx.save_model(..., save_as_external_data=False))")
         if any(d < 0 or d > MAX_DIM for d in tensor.dims) or math.prod(tensor.dims) > MAX_TENSOR_ELEMENTS:
             raise InvalidModel(f"tensor {tensor.name!r} has dims {list(tensor.dims)}, beyond the limits "
                                f"({MAX_DIM} per dim, {MAX_TENSOR_ELEMENTS} elements)")
+        bad = _nonfinite(tensor)
+        if bad:
+            raise InvalidModel(f"tensor {tensor.name!r} holds {bad} NaN or infinite values; the weights must "
+                               "be finite numbers")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # checker and shape inference raise several unrelated types
         raise InvalidModel(f"the ONNX checker refused the model: {exc}") from None
+
+
+def _nonfinite(tensor: onnx.TensorProto) -> int:
+    """Counts a stored float tensor's NaN and infinite values (raw bytes or typed fields); 0 for others."""
+    kind = _FLOAT_KINDS.get(tensor.data_type)
+    if kind is None:
+        return 0
+    if tensor.raw_data:
+        return nonfinite_count(tensor.raw_data, kind)
+    if kind in ("F16", "BF16"):  # stored as their bit patterns in int32_data
+        return nonfinite_count(np.asarray(tensor.int32_data, np.uint16), kind)
+    values = np.asarray(tensor.double_data if kind == "F64" else tensor.float_data)
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def _top_graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """Yields the model's graph and the graphs of its `training_info` (initialization, algorithm)."""
+    yield model.graph
+    for info in model.training_info:
+        yield from (info.initialization, info.algorithm)
+
+
+def _every_graph(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """Yields every graph anywhere in the file: the top-level ones and every subgraph nested in them."""
+    for top in _top_graphs(model):
+        yield from _graphs(top)
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

@@ -8,6 +8,7 @@ both read headers here.
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,10 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from workers.compression.errors import InvalidModel
+from workers.compression.finite import EXPONENT_MASKS, nonfinite_count
 from workers.compression.sniff import MAX_SAFETENSORS_HEADER
 
-__all__ = ["ALLOWED_DTYPES", "MAX_HEADER_BYTES", "TensorTable", "read_header"]
+__all__ = ["ALLOWED_DTYPES", "MAX_HEADER_BYTES", "TensorTable", "check_finite", "read_header"]
 
 ALLOWED_DTYPES = frozenset({"F32", "F16", "BF16"})
 # Integer buffers (BatchNorm's step counter, a Swin relative-position index): the loader requires each to
@@ -25,6 +27,7 @@ ALLOWED_DTYPES = frozenset({"F32", "F16", "BF16"})
 INTEGER_DTYPES = frozenset({"I64", "I32", "I16", "I8", "U8", "BOOL"})
 MAX_HEADER_BYTES = MAX_SAFETENSORS_HEADER  # one cap for the head sniff and the full read
 _LISTED = 12  # how many offending keys an error message names before summarizing
+_READ = 64 << 20  # bytes of tensor data read at a time by check_finite
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,26 @@ def listing(items: list[str]) -> str:
     """Joins the first few items, saying how many more there are."""
     more = f" … and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
     return ", ".join(items[:_LISTED]) + more
+
+
+def check_finite(path: Path) -> None:
+    """Refuses float tensors holding NaN or infinity, read in bounded chunks (call after `read_header`,
+    whose official validation makes the header's offsets trustworthy)."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        bad = []
+        for key, entry in header.items():
+            if key == "__metadata__" or entry["dtype"] not in EXPONENT_MASKS:
+                continue
+            start, end = (int(v) for v in entry["data_offsets"])
+            f.seek(8 + length + start)
+            found = 0
+            while start < end:  # chunks are whole values: every dtype's size divides _READ
+                chunk = f.read(min(_READ, end - start))
+                start += len(chunk) or end
+                found += nonfinite_count(chunk, entry["dtype"])
+            if found:
+                bad.append(f"{key} ({found})")
+    if bad:
+        raise InvalidModel(f"tensors with NaN or infinite values: {listing(bad)}; the weights must be finite")

@@ -23,12 +23,15 @@ import json
 import resource
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from workers.compression.architectures import check_model_format, parse_architecture
 from workers.compression.errors import InvalidDataset, UserError
+from workers.compression.onnx_cost import CostLimits, ModelCost, check_cost
+from workers.compression.pixel_budget import check_pixels
 
 __all__ = ["MAX_OPEN_FILES", "RESOURCES_EXCEEDED", "VALIDATOR_BROKEN", "inspect_inputs", "limit_resources",
            "main"]
@@ -50,8 +53,10 @@ def limit_resources(*, memory_bytes: int, cpu_s: int) -> None:
 
 
 def inspect_inputs(model: Path, dataset: Path, architecture: str | None,
-                   on_stage: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Validates the dataset, then the model against it; returns their formats, sample shape and classes."""
+                   on_stage: Callable[[str], None] = lambda _: None,
+                   limits: CostLimits | None = None) -> dict[str, Any]:
+    """Validates the dataset, then the model against it (its cost estimate held against `limits`);
+    returns their formats, sample shape, classes and the estimate."""
     from workers.compression.sniff import sniff_dataset_file, sniff_model_file
 
     on_stage("dataset")
@@ -59,16 +64,22 @@ def inspect_inputs(model: Path, dataset: Path, architecture: str | None,
     input_shape, num_classes = _dataset_facts(dataset, dataset_format)
     on_stage("model")
     model_format = sniff_model_file(model)
+    cost: ModelCost | None = None
     if model_format == "onnx":
         from workers.compression import onnx_import
+        from workers.compression.onnx_cost import estimate_onnx_cost
 
         proto = onnx_import.read_onnx(model)
         fed = fed_shape(onnx_import.signature(proto)[0], input_shape)
         classes = onnx_import.check_fits(proto, fed, num_classes)
+        cost = estimate_onnx_cost(proto, fed)
     else:
-        classes = _weights_classes(model, model_format, architecture, input_shape, num_classes)
+        classes, cost = _weights_classes(model, model_format, architecture, input_shape, num_classes)
+    if cost is not None:
+        check_cost(cost, limits or CostLimits())
     return {"ok": True, "model_format": model_format, "dataset_format": dataset_format,
-            "input_shape": list(input_shape), "num_classes": num_classes, "model_classes": classes}
+            "input_shape": list(input_shape), "num_classes": num_classes, "model_classes": classes,
+            "cost": None if cost is None else asdict(cost)}
 
 
 def fed_shape(declared: tuple[int | None, ...], data_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -99,6 +110,7 @@ def _dataset_facts(path: Path, kind: str) -> tuple[tuple[int, ...], int]:
     from workers.compression.image_index import index_dataset
 
     index = index_dataset(path, kind, seed=0, cache=False)  # headers only; this child may not write
+    check_pixels(index.sizes, path.stat().st_size)
     channels = 1 if index.gray else 3
     if index.one_size is not None:
         width, height = index.one_size
@@ -109,26 +121,29 @@ def _dataset_facts(path: Path, kind: str) -> tuple[tuple[int, ...], int]:
 
 
 def _weights_classes(model: Path, model_format: str, architecture: str | None, input_shape: tuple[int, ...],
-                     num_classes: int) -> int | None:
-    """Checks weights against the architecture: the header or checkpoint archive first (no torch), then,
-    for zoo networks, keys and shapes. Library architectures are fitted by the worker, which knows the
-    image size the model is built for."""
+                     num_classes: int) -> tuple[int | None, ModelCost | None]:
+    """Checks weights against the architecture: the header or checkpoint archive first (no torch), every
+    float finite, then, for zoo networks, keys and shapes, and the cost on the meta device. Library
+    architectures are fitted by the worker, which knows the image size the model is built for."""
     check_model_format(model_format, architecture)
     if model_format == "hf":
         from workers.compression.hf_archive import scan
 
         scan(model)  # refuses code, auto_map, pickled weights and malformed JSON or headers
-        return None
-    from workers.compression.safetensors_file import read_header
+        return None, None
+    from workers.compression.safetensors_file import check_finite, read_header
 
     read_header(model)  # refuses a malformed or oversized header before torch is even imported
+    check_finite(model)
     assert architecture is not None  # check_model_format refused weights without one
     if parse_architecture(architecture).library != "zoo" or find_spec("torch") is None:
-        return None  # the worker checks the fit when it loads the weights
+        return None, None  # the worker checks the fit when it loads the weights
     from workers.compression.model_io import check_safetensors
+    from workers.compression.module_cost import estimate_zoo_cost
 
-    return check_safetensors(model, architecture=architecture, input_shape=input_shape,
-                             num_classes=num_classes)
+    classes = check_safetensors(model, architecture=architecture, input_shape=input_shape,
+                                num_classes=num_classes)
+    return classes, estimate_zoo_cost(architecture, input_shape, classes)
 
 
 def _emit(payload: dict[str, Any]) -> None:
@@ -146,6 +161,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--architecture", default=None)
     parser.add_argument("--memory-bytes", type=int, required=True)
     parser.add_argument("--cpu-s", type=int, required=True)
+    defaults = CostLimits()
+    parser.add_argument("--max-params-bytes", type=int, default=defaults.params_bytes)
+    parser.add_argument("--max-activation-bytes", type=int, default=defaults.activation_bytes)
+    parser.add_argument("--max-flops", type=int, default=defaults.flops_per_sample)
     return parser.parse_args(argv)
 
 
@@ -161,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     verdict: dict[str, Any]
     try:
-        verdict = inspect_inputs(args.model, args.dataset, args.architecture, announce)
+        limits = CostLimits(args.max_params_bytes, args.max_activation_bytes, args.max_flops)
+        verdict = inspect_inputs(args.model, args.dataset, args.architecture, announce, limits)
     except UserError as exc:
         verdict = {"ok": False, "code": exc.code, "message": exc.message[:_MAX_MESSAGE]}
     except Exception as exc:
