@@ -92,6 +92,21 @@ class Settings(BaseSettings):
     db_outage_retry_s: float = Field(default=120.0, ge=0)  # a worker retries its final writes this long
     oom_retries: int = Field(default=3, ge=0)  # CUDA out of memory: halve the batch size this many times
 
+    # Webhooks (service/webhooks): a job's `webhook_url` gets its JSON, signed, when it ends.
+    webhook_secret: str = ""  # signs callbacks when auth is open (keyed tenants have their own, in the DB)
+    webhook_allow_private: bool = False  # allow loopback/private/link-local callback hosts (development)
+    webhook_sender_enabled: bool = True  # run the sender loop in this API process
+    webhook_interval_s: float = Field(default=2.0, gt=0)  # between two sweeps of the sender
+    webhook_timeout_s: float = Field(default=10.0, gt=0)  # one POST, connect to last byte
+    webhook_backoff_s: float = Field(default=10.0, gt=0)  # the first retry's delay; doubles each time
+    webhook_max_backoff_s: float = Field(default=3600.0, gt=0)  # the longest delay between two attempts
+    webhook_retry_for_s: float = Field(default=3 * 24 * 3600.0, gt=0)  # then the delivery is `failed`
+
+    # Pre-flight (POST /preflight): the engine checks a model in a sandboxed child, answered, not queued.
+    preflight_timeout_s: float = Field(default=60.0, gt=0)  # wall clock, whole child
+    preflight_memory_bytes: int = Field(default=8192 * _MiB, ge=256 * _MiB)  # RLIMIT_AS (torch maps a lot)
+    preflight_threads: int = Field(default=2, ge=1)  # torch threads of the child
+
     # A job's cost (docs/security.md): estimated at submit and refused beyond these (model_too_costly; the
     # engine's own limits, workers/compression/onnx_cost.CostLimits, are the upper bounds), then capped
     # while it runs (workers/ceiling.py: resources_exceeded).

@@ -1,6 +1,8 @@
 """`secateur keys create --tenant T | list [--tenant T] | revoke ID`: manage API keys in the database.
 
-`create` prints the new key as its last line; it is shown this once (only its sha256 is stored).
+`create` prints the new key as its last line; it is shown this once (only its sha256 is stored). The line
+before it is the tenant's webhook signing secret (made with its first key; the same for all its keys),
+which verifies the `Secateur-Signature` header of the tenant's job callbacks.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 
 from service.auth.service import KeyService
 from service.errors import ServiceError
+from service.webhooks.tenant_secrets import ensure_secret
 
 __all__ = ["main"]
 
@@ -51,6 +54,10 @@ def main(argv: Sequence[str]) -> int:
         except ServiceError as exc:
             print(f"secateur keys: {exc.message}", file=sys.stderr)
             return 2
+        secret = ensure_secret(keys.sessions, row.tenant)
+        print(f"webhook secret of tenant {row.tenant} (checks the Secateur-Signature of its callbacks):",
+              file=sys.stderr)
+        print(secret)
         print(f"created key {row.id} for tenant {row.tenant}; store it now, it is not shown again:",
               file=sys.stderr)
         print(token)

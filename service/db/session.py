@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import CursorResult, Engine, Update, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_session_factory", "normalize_url", "ping_database", "session_scope"]
+__all__ = ["make_engine", "make_session_factory", "normalize_url", "ping_database", "rows_changed",
+           "session_scope"]
 
 
 def normalize_url(url: str) -> str:
@@ -73,3 +74,9 @@ def ping_database(engine: Engine) -> None:
     """Runs `SELECT 1`; raises when the database cannot answer (readiness probe)."""
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def rows_changed(session: Session, stmt: Update) -> int:
+    """Runs a conditional UPDATE without touching loaded objects; returns how many rows it changed."""
+    result = session.execute(stmt.execution_options(synchronize_session=False))
+    return cast(CursorResult[Any], result).rowcount

@@ -1,4 +1,4 @@
-"""What a job's stored uploads must pass before the job is queued: the storage quota, then their content."""
+"""What a job must pass before it is queued: its callback target, the storage quota, then its uploads."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from service.jobs.sandbox import inspect_uploads
 from service.limits import check_storage
 from service.settings import Settings
 from service.storage.base import ObjectStore
+from service.webhooks.admission import admit_webhook
 from workers.compression.config import JobConfig
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ def admit_uploads(*, settings: Settings, sessions: sessionmaker[Session], store:
 
     With `validate_uploads` off only the cheap checks run here (the head sniff already ran while the
     upload streamed in; a ZIP dataset is classified by its member names); the worker validates in full.
+    A `webhook_url` is checked first: a callback the service could not make is refused before the uploads are.
     """
+    admit_webhook(settings=settings, sessions=sessions, tenant=tenant, url=config.webhook_url)
     with session_scope(sessions) as session:
         used = repository.stored_input_bytes(session, tenant=tenant)
     check_storage(settings, used, sum(f.size for f in (model, dataset) if f.input_id is None))
