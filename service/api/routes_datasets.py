@@ -17,12 +17,14 @@ from pydantic import BaseModel, Field
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import ContextDep, TenantDep
+from service.api.deps import AppContext, ContextDep, TenantDep
+from service.api.json_body import StoredDatasetBody, is_json, read_json_body
 from service.api.uploads import _Events, _feed
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.jobs.inputs import HEAD_BYTES
 from service.jobs.sandbox import check_dataset_file
 from service.jobs.schemas import ErrorBody
+from service.jobs.stored_inputs import StoredInputs
 from workers.compression.sniff import sniff_dataset
 
 __all__ = ["DatasetFacts", "router"]
@@ -36,7 +38,8 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
             "type": "object", "required": ["file"], "additionalProperties": False,
             "properties": {"file": {"type": "string", "format": "binary",
                                     "description": ".npz, an image-folder .zip/.tar/.tar.gz, or Parquet"}},
-        }}},
+        }},
+                    "application/json": {"schema": StoredDatasetBody.model_json_schema()}},
     }
 }
 
@@ -57,14 +60,25 @@ class DatasetFacts(BaseModel):
 
 @router.post("/validate", response_model=DatasetFacts, openapi_extra=_UPLOAD_OPENAPI,
              responses={status: {"model": ErrorBody} for status in (400, 401, 413, 415, 422, 503)})
-async def validate_dataset(request: Request, context: ContextDep, _: TenantDep) -> DatasetFacts:
+async def validate_dataset(request: Request, context: ContextDep, tenant: TenantDep) -> DatasetFacts:
     """Checks an uploaded dataset in seconds: format, classes, counts per class and split, image sizes,
     unreadable files and warnings. Nothing is stored."""
     with tempfile.TemporaryDirectory(prefix="secateur-validate-") as tmp:  # mode 0700, removed after
         path = Path(tmp) / "dataset"
-        await _receive_file(request, path, context.settings.max_upload_bytes)
+        if is_json(request):  # a stored dataset by id (POST /datasets): copied here, not uploaded again
+            await _copy_stored(request, context, tenant, path)
+        else:
+            await _receive_file(request, path, context.settings.max_upload_bytes)
         facts = await run_in_threadpool(check_dataset_file, path, context.settings)
     return DatasetFacts(**facts)
+
+
+async def _copy_stored(request: Request, context: AppContext, tenant: str, path: Path) -> None:
+    """Copies the stored dataset a JSON body `{"dataset_id"}` names into `path` (404 when there is none)."""
+    body = await read_json_body(request, StoredDatasetBody, config_bytes=0)
+    stored = StoredInputs(context.jobs)
+    await run_in_threadpool(lambda: stored.download(tenant=tenant, kind="dataset", input_id=body.dataset_id,
+                                                    path=path))
 
 
 async def _receive_file(request: Request, path: Path, limit: int) -> None:

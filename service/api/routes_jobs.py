@@ -11,12 +11,15 @@ from starlette.concurrency import run_in_threadpool
 from service.api.bounded_pages import fit_in_bytes
 from service.api.deps import JobsDep, TenantDep, validation_shares
 from service.api.download_links import DownloadLink, LinkTokenDep, create_link, open_link
+from service.api.json_body import StoredInputsBody, is_json, read_json_body
 from service.api.submit_guard import Admission, admit_submission
 from service.api.uploads import receive_job_upload
 from service.db.models import new_job_id, utcnow
 from service.errors import ServiceError
+from service.jobs.rerun import Reruns
 from service.jobs.schemas import ErrorBody, JobOut, JobPage, JobStatus, job_out
 from service.jobs.service import Download, encode_cursor
+from service.jobs.stored_inputs import StoredInputs
 from service.limits import poll_headers
 
 __all__ = ["router"]
@@ -56,7 +59,9 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
                 "encoding": {"config": {"contentType": "application/json"}},
                 "example": {"model": "<cifar10_resnet20.safetensors>", "dataset": "<cifar10_subset.npz>",
                             "config": _CONFIG_EXAMPLE},
-            }
+            },
+            # Stored inputs by id (POST /models, POST /datasets): nothing is uploaded again.
+            "application/json": {"schema": StoredInputsBody.model_json_schema()},
         },
     }
 }
@@ -75,11 +80,18 @@ async def create_job(
 ) -> JobOut:
     """Submits a job: streams the model and dataset to storage, checks them and the config, queues it.
 
+    As JSON, `{"model_id", "dataset_id", "config"}` names stored inputs instead of uploading files.
     A retry with a used `Idempotency-Key` gets the first request's job at once (`Idempotent-Replayed:
     true`); its body is not read, so its quota, rate and upload are not spent again.
     """
     if admission.earlier is not None:
         job, created = admission.earlier, False
+    elif is_json(request):
+        body = await read_json_body(request, StoredInputsBody, config_bytes=jobs.settings.max_config_bytes)
+        job, created = await run_in_threadpool(
+            lambda: StoredInputs(jobs).submit_job(tenant=tenant, model_id=body.model_id,
+                                                  dataset_id=body.dataset_id, config_text=body.config_text(),
+                                                  idempotency_key=admission.idempotency_key))
     else:
         job_id = new_job_id()
         upload = await receive_job_upload(request, jobs=jobs, tenant=tenant, job_id=job_id)
@@ -177,6 +189,29 @@ def _attachment(download: Download) -> StreamingResponse:
 def cancel_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> JobOut:
     """Cancels a job: a queued one at once, a running one at its next step boundary."""
     return job_out(jobs.cancel(tenant=tenant, job_id=job_id), utcnow())
+
+
+@router.post("/{job_id}/rerun", status_code=202, response_model=JobOut,
+             responses=_errors(401, 403, 404, 409, 422, 429, 503))
+def rerun_job(
+    job_id: str,
+    response: Response,
+    jobs: JobsDep,
+    tenant: TenantDep,
+    admission: Annotated[Admission, Depends(admit_submission)],
+) -> JobOut:
+    """Reruns a succeeded job on its inputs and fully resolved config; its report says whether the kept
+    channels / masks and accuracies match the original (`rerun_of`, `reproduced`)."""
+    if admission.earlier is not None:
+        job, created = admission.earlier, False
+    else:
+        reruns = Reruns(StoredInputs(jobs))
+        job, created = reruns.rerun(tenant=tenant, job_id=job_id, idempotency_key=admission.idempotency_key)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    response.headers.update(poll_headers(job, jobs.settings))
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_out(job, utcnow())
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=_errors(401, 404, 409, 503))

@@ -239,7 +239,8 @@ async def receive_job_upload(
     request: Request, *, jobs: JobService, tenant: str, job_id: str
 ) -> ReceivedUpload:
     """Receives a `POST /jobs` body into storage under the new job's keys; nothing is left on failure."""
-    targets: dict[str, tuple[InputKind, str]] = {k: (k, jobs.input_key(tenant, job_id, k)) for k in FILE_PARTS}
+    targets: dict[str, tuple[InputKind, str]] = {
+        kind: (kind, jobs.input_key(tenant, job_id, kind)) for kind in FILE_PARTS}
     receiver = _Receiver(jobs, targets, config=True, cleanup=lambda: jobs.discard(tenant, job_id))
     await receiver.run(request)
     assert receiver.config is not None  # `run` checked that every part arrived

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
-from service.db.models import InputFile, new_job_id
+from service.db.models import InputFile, Job, new_job_id
 from service.db.session import session_scope
 from service.errors import Conflict, NotFound
 from service.jobs import repository
@@ -120,8 +121,20 @@ class StoredInputs:
             self.jobs.store.delete(stored_input_key(tenant, input_id))  # a failure keeps the row: retry
             inputs_repo.delete_input(session, tenant=tenant, input_id=input_id)
 
+    def download(self, *, tenant: str, kind: InputKind, input_id: str, path: Path) -> None:
+        """Copies the tenant's stored input to a local file (NotFound when there is none)."""
+        row = self.get(tenant=tenant, kind=kind, input_id=input_id)
+        self.jobs.store.get_to_file(stored_input_key(tenant, row.id), path)
+
     def for_job(self, *, tenant: str, model_id: str, dataset_id: str) -> tuple[StoredInput, StoredInput]:
         """Resolves a job's stored model and dataset ids (NotFound names the missing one)."""
         model = self.get(tenant=tenant, kind="model", input_id=model_id)
         dataset = self.get(tenant=tenant, kind="dataset", input_id=dataset_id)
         return as_job_input(model), as_job_input(dataset)
+
+    def submit_job(self, *, tenant: str, model_id: str, dataset_id: str, config_text: str,
+                   idempotency_key: str | None) -> tuple[Job, bool]:
+        """Submits a job on stored inputs (checked as uploaded files are); returns (job, created)."""
+        model, dataset = self.for_job(tenant=tenant, model_id=model_id, dataset_id=dataset_id)
+        return self.jobs.submit(tenant=tenant, job_id=new_job_id(), config_text=config_text, model=model,
+                                dataset=dataset, idempotency_key=idempotency_key)

@@ -61,8 +61,9 @@ async def test_garbage_is_a_coded_4xx(api: Api, files: dict[str, tuple[str, byte
     assert response.json()["error"]["code"] == code
 
 
-async def test_json_body_is_unsupported_media(api: Api) -> None:
-    """Only multipart uploads are read here."""
-    response = await api.client.post("/datasets/validate", json={"dataset_id": "x"})
+async def test_other_bodies_are_unsupported_media(api: Api) -> None:
+    """Only a multipart upload or JSON naming a stored dataset (test_stored_inputs.py) is read."""
+    response = await api.client.post("/datasets/validate", content=b"dataset_id=x",
+                                     headers={"content-type": "application/x-www-form-urlencoded"})
     assert response.status_code == 415
     assert response.json()["error"]["code"] == "unsupported_media_type"

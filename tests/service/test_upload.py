@@ -173,7 +173,9 @@ async def test_truncated_multipart_is_400(api: Api) -> None:
 
 
 async def test_non_multipart_is_415(api: Api) -> None:
-    response = await api.client.post("/jobs", json=CONFIG)
+    # JSON is taken (stored inputs by id: tests/service/test_stored_inputs.py); any other type is not.
+    text = {"content-type": "text/plain"}
+    response = await api.client.post("/jobs", content=json.dumps(CONFIG), headers=text)
     assert_refused(api, response, 415, "unsupported_media_type")
 
 
