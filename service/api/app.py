@@ -19,6 +19,8 @@ from service.api.routes_health import router as health_router
 from service.api.routes_jobs import router as jobs_router
 from service.api.routes_models import datasets_router as stored_datasets_router
 from service.api.routes_models import models_router
+from service.api.routes_preflight import router as preflight_router
+from service.api.routes_webhooks import router as webhooks_router
 from service.db.migrate import upgrade_head
 from service.db.session import make_engine, make_session_factory
 from service.jobs.service import JobService
@@ -27,6 +29,7 @@ from service.queue import make_celery
 from service.reaper import start_reaper
 from service.settings import Settings, get_settings
 from service.storage import make_store
+from service.webhooks.sender import start_sender
 
 __all__ = ["build_context", "create_app"]
 
@@ -54,20 +57,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        """Migrates (embedded default) and starts the reaper before serving; stops both at shutdown."""
+        """Migrates (embedded default), starts the reaper and the webhook sender before serving; stops them
+        at shutdown."""
         if context.settings.migrate_at_startup:
             await anyio.to_thread.run_sync(upgrade_head, context.engine)
         reaper = start_reaper(context.settings, context.jobs.sessions, context.store, context.celery,
                               actor=f"reaper@api:{os.getpid()}")
+        sender = start_sender(context.settings, context.jobs.sessions)
         yield
-        if reaper is not None:
-            reaper.set()
+        for stop in (reaper, sender):
+            if stop is not None:
+                stop.set()
         context.engine.dispose()
 
     app = FastAPI(title="Secateur", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.context = context
     install_error_handlers(app)
     app.include_router(jobs_router)
+    app.include_router(webhooks_router)
+    app.include_router(preflight_router)
     app.include_router(models_router)
     app.include_router(stored_datasets_router)
     app.include_router(datasets_router)
