@@ -18,7 +18,8 @@ __all__ = ["STATIC_DIR", "router"]
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # The only files served: a fixed list, so no path from a URL ever reaches the filesystem.
-_ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+_ASSETS = {"app.js": "text/javascript; charset=utf-8", "sweeps.js": "text/javascript; charset=utf-8",
+           "style.css": "text/css; charset=utf-8"}
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 # no-cache: browsers revalidate (cheap, ETag) so a new release's script is picked up at once.

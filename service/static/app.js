@@ -554,7 +554,10 @@ function route() {
   const fromPath = location.pathname.match(/^\/jobs\/([^/]+)\/report\.html$/);
   const fromHash = location.hash.match(/^#\/jobs\/([^/]+)$/);
   const id = fromPath ? decodeURIComponent(fromPath[1]) : fromHash && decodeURIComponent(fromHash[1]);
+  const sweep = location.hash.match(/^#\/sweeps(?:\/([^/]+))?$/); // sweeps.js draws these pages
+  delete document.body.dataset.sweepStatus;
   if (id) jobPage(root, id);
+  else if (sweep) sweep[1] ? sweepPage(root, decodeURIComponent(sweep[1])) : sweepsPage(root);
   else jobsPage(root);
 }
 

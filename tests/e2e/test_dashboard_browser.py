@@ -1,21 +1,24 @@
 """The dashboard end to end in headless Chromium: submit through the form, watch the job run on a real
-worker, check the curves and layer bars are drawn, the report page loads, and no script error occurs.
+worker, check the curves and layer bars are drawn, the report page loads, and no script error occurs; and
+a sweep of five pruning ratios of ResNet-20 on stored inputs, plotted with its Pareto front.
 
 Chromium is driven by tests/e2e/browser.py (DevTools protocol over `websockets`; the Debian package
 `chromium`, required under CI=true). Screenshots go to tests/e2e/artifacts/ (and, with
-SECATEUR_UPDATE_DOCS=1, to docs/dashboard.png, the README's picture).
+SECATEUR_UPDATE_DOCS=1, to docs/dashboard.png and docs/sweep.png, the README's pictures).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,6 +26,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.e2e.browser import Page, chromium
+from tests.e2e.sweep_inputs import sweep_inputs, uses_real_data
 from tests.service.conftest import safetensors_model
 from tests.service.live import Live, serve
 
@@ -40,7 +44,7 @@ def server(tmp_path: Path) -> Iterator[Live]:
     root = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECATEUR_")}
     env.update(SECATEUR_DATA_DIR=str(root), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    with serve(root) as live:
+    with serve(root, max_active_jobs_per_tenant=8) as live:  # room for a sweep's five jobs
         worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--loglevel=warning"],
                                   cwd=ROOT, env=env, start_new_session=True)
         try:
@@ -153,3 +157,89 @@ def test_dashboard_files_are_served_under_a_strict_policy(tmp_path: Path) -> Non
             response = httpx.get(live.url + missing)
             assert response.status_code == 404
             assert response.json()["error"]["code"] == "not_found"
+
+
+RATIOS = (0.2, 0.35, 0.5, 0.65, 0.8)
+
+
+def start_sweep(live: Live, model: Path, dataset: Path) -> dict[str, Any]:
+    """Stores the model and dataset once, then POSTs a sweep of RATIOS on their ids; returns the sweep."""
+    ids = []
+    for kind, path in (("models", model), ("datasets", dataset)):
+        with path.open("rb") as f:
+            stored = httpx.post(f"{live.url}/{kind}", files={"file": (path.name, f)}, timeout=120)
+        assert stored.status_code == 201, stored.text
+        ids.append(stored.json()["id"])
+    config = {"method": "l1", "architecture": "resnet20", "data": {"augment": False},
+              "finetune": {"epochs": 1, "batch_size": 64, "lr": 0.01 if uses_real_data() else 0.05}}
+    body = {"model_id": ids[0], "dataset_id": ids[1], "config": config,
+            "targets": [{"pruning_ratio": r} for r in RATIOS]}
+    created = httpx.post(f"{live.url}/sweeps", json=body, timeout=120)
+    assert created.status_code == 202, created.text
+    return dict(created.json())
+
+
+def stored_copies(root: Path, data: bytes) -> int:
+    """How many objects in the store hold exactly these bytes."""
+    digest = hashlib.sha256(data).hexdigest()
+    return sum(hashlib.sha256(p.read_bytes()).hexdigest() == digest for p in root.rglob("*") if p.is_file())
+
+
+async def sweep_scenario(ws_url: str, live: Live, sweep_id: str, downloads: Path) -> None:
+    """Watches the sweep finish on its page, checks the plot, a hover, a download, then the list."""
+    async with connect(ws_url, max_size=None) as ws:
+        page = Page(ws)
+        for domain in ("Page", "Runtime", "Log", "DOM"):
+            await page.call(f"{domain}.enable")
+        await page.allow_downloads(downloads)
+        await page.goto(f"{live.url}/#/sweeps/{sweep_id}")
+        await page.wait_for("document.body.dataset.sweepStatus === 'succeeded'", 1500, "the sweep to succeed")
+        sweep = httpx.get(f"{live.url}/sweeps/{sweep_id}").json()
+        assert await page.js("document.getElementById('sweep-plot').dataset.points") == "5"
+        on_front = await page.js("[...document.querySelectorAll('#sweep-plot circle.on-front')]"
+                                 ".map(c => c.dataset.job)")
+        assert sorted(on_front) == sorted(sweep["pareto_by"]["flops"])
+        line = await page.js("document.querySelector('#sweep-plot polyline.front') !== null")
+        assert line == (len(on_front) > 1)
+        first = sweep["points"][0]["job_id"]
+        await page.js(f"document.querySelector('#sweep-plot circle[data-job=\"{first}\"]')"
+                      ".dispatchEvent(new MouseEvent('mouseenter'))")
+        tip = await page.js("(() => { const t = document.getElementById('sweep-tooltip');"
+                            " return {hidden: t.hidden, job: t.dataset.job, text: t.textContent}; })()")
+        assert tip["hidden"] is False
+        assert tip["job"] == first
+        assert f"job {first}" in tip["text"]
+        assert await page.js("document.querySelectorAll('#points-table tbody a.button').length") == 5
+        docs = [ROOT / "docs" / "sweep.png"] if os.environ.get("SECATEUR_UPDATE_DOCS") else []
+        await page.screenshot(ARTIFACTS / "dashboard-sweep.png", *docs)
+
+        last = sweep["points"][-1]["job_id"]
+        await page.js(f"document.querySelector('#points-table tr[data-job=\"{last}\"] a.button').click()")
+        onnx = await page.downloaded(downloads / "model.onnx", 30)
+        assert onnx == httpx.get(f"{live.url}/jobs/{last}/artifacts/model.onnx").content
+
+        await page.goto(f"{live.url}/#/sweeps")
+        row = f"document.querySelector('#sweeps-body tr[data-id=\"{sweep_id}\"]')"
+        await page.wait_for(f"{row} !== null", 15, "the sweep in the list")
+        await page.call("Runtime.evaluate", expression="0")  # drain events emitted by the last page
+        assert page.errors == []
+
+
+@pytest.mark.timeout(1800)
+def test_sweep_of_five_ratios_plots_its_front(chromium: str, server: Live, tmp_path: Path) -> None:
+    model, dataset = sweep_inputs(tmp_path / "inputs")
+    sweep_id = start_sweep(server, model, dataset)["id"]
+    asyncio.run(sweep_scenario(chromium, server, sweep_id, tmp_path / "downloads"))
+
+    sweep = httpx.get(f"{server.url}/sweeps/{sweep_id}").json()
+    assert sweep["status"] == "succeeded"
+    assert sweep["pareto"]
+    assert set(sweep["pareto"]) <= {p["job_id"] for p in sweep["points"]}
+    flops = [p["flops"] for p in sweep["points"]]
+    assert flops == sorted(flops, reverse=True)  # a higher pruning ratio removes more
+    assert stored_copies(tmp_path / "data" / "objects", dataset.read_bytes()) == 1
+    # The dense model was measured by one point and reused by the other four.
+    shared = [httpx.get(f"{server.url}/jobs/{p['job_id']}/report").json()["baseline_shared"]
+              for p in sweep["points"]]
+    assert [s["reused"] for s in shared].count(False) == 1
+    assert len({s["measured_by"] for s in shared}) == 1
