@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -44,9 +45,9 @@ def expand(targets: list[dict[str, Any]] | None, span: TargetRange | None) -> li
     if not 1 <= len(targets) <= MAX_POINTS:
         raise InvalidRequest(f"a sweep has 1 to {MAX_POINTS} targets, not {len(targets)}",
                              code="invalid_sweep")
-    seen: set[tuple[tuple[str, Any], ...]] = set()
+    seen: set[str] = set()
     for target in targets:
-        key = tuple(sorted(target.items()))
+        key = json.dumps(target, sort_keys=True, default=str)  # values may be anything JSON holds
         if key in seen:
             raise InvalidRequest(f"target {target} appears twice", code="invalid_sweep")
         seen.add(key)

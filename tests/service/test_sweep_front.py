@@ -61,6 +61,7 @@ def test_targets_come_from_a_list_or_an_inclusive_range() -> None:
 
 
 @pytest.mark.parametrize("targets", [None, [], [{"sparsity": 0.5}, {"sparsity": 0.5}],
+                                     [{"sparsity": [0.5]}, {"sparsity": [0.5]}],  # values of any JSON type
                                      [{"sparsity": 0.1 + i / 100} for i in range(33)]])
 def test_bad_target_lists_are_refused(targets: list[dict[str, Any]] | None) -> None:
     with pytest.raises(InvalidRequest) as caught:
