@@ -3,7 +3,8 @@
 For each model: build it with random weights (10 classes, a small input), save it as safetensors for
 `torchvision/<name>` / `timm/<name>`, as a checkpoint archive for `hf`, or export it to ONNX; then run
 `compress` (load → prune → finetune steps → ONNX export → onnxruntime parity → report) for each method in a
-child process with a time limit, and record pass, FLOPs reduction, sparsity and seconds, or the error code.
+child process with a CPU-time limit, and record pass, FLOPs reduction, sparsity and CPU seconds, or the error
+code. CPU time, not wall time: the suite shares its machine, and a busy machine must not fail a model.
 No per-model code: the same chain runs for all. `python -m tests.coverage.harness --help` runs it alone.
 """
 
@@ -29,10 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CLASSES, SIZE = 10, 64
 METHODS = ("l1", "tpp", "magnitude", "weightmom")
 ONNX_METHODS = ("magnitude", "l1")
-JOB_LIMIT_S = 600  # "no job takes over 10 minutes on this CPU"
+JOB_LIMIT_S = 600  # "no job takes over 10 minutes on this CPU", in CPU seconds (one torch thread)
+LOAD_ALLOWANCE = 4  # a child's wall-clock limit over its CPU limit: how busy the machine may be
 # The smallest input an architecture takes, where 64 px is below it (test input, not model code).
 # 70: a multiple of ViT-H's 14-px patch; 224: MaxViT partitions every stage's map into 7x7 windows.
-MIN_SIZE = {"torchvision/inception_v3": 96, "torchvision/vit_h_14": 70, "torchvision/maxvit_t": 224}
+MIN_SIZE = {
+    "torchvision/inception_v3": 96,
+    "torchvision/vit_h_14": 70,
+    "torchvision/maxvit_t": 224,
+    "timm/efficientformer_l1": 224,  # its attention bias is sized for a 7x7 last stage
+}
 # At least 40 timm models across families: CNNs, mobile nets, re-parameterizable nets, transformers, hybrids.
 TIMM_MODELS = (
     "resnet18",
@@ -223,7 +230,7 @@ def _run_child(case: Case, folder: Path) -> list[Outcome]:
             cwd=ROOT,
             env=env,
             check=False,
-            timeout=JOB_LIMIT_S * (len(case.methods) + 1),
+            timeout=JOB_LIMIT_S * (len(case.methods) + 1) * LOAD_ALLOWANCE,
         )
         stdout, why = done.stdout, f"exit {done.returncode}: {done.stderr.strip()[-300:]}"
     except subprocess.TimeoutExpired as exc:
@@ -242,7 +249,7 @@ def _run_child(case: Case, folder: Path) -> list[Outcome]:
 
 
 def _child(case: Case, folder: Path) -> Iterator[Outcome]:
-    """Inside the child: prepares the upload, then runs each method under the job time limit."""
+    """Inside the child: prepares the upload, then runs each method under the job's CPU-time limit."""
     import torch
 
     from tests.coverage.uploads import prepare, tiny_dataset
@@ -252,7 +259,7 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
 
     torch.set_num_threads(1)
     dataset = tiny_dataset(folder / "data.npz", classes=CLASSES, size=case.size)
-    started = time.monotonic()
+    started = time.process_time()
     try:
         model_path, architecture = prepare(case.model, case.source, folder, classes=CLASSES, size=case.size)
     except Exception as exc:  # the model cannot be built or exported as a user would: not our chain
@@ -265,7 +272,7 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
                 "export_failed",
                 None,
                 None,
-                time.monotonic() - started,
+                time.process_time() - started,
                 f"{type(exc).__name__}: {str(exc)[:300]}",
             )
         return
@@ -280,8 +287,8 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
                 "data": {"image_size": case.size},
             }
         )
-        started = time.monotonic()
-        signal.alarm(JOB_LIMIT_S)
+        started = time.process_time()
+        signal.setitimer(signal.ITIMER_PROF, JOB_LIMIT_S)
         try:
             result = compress(
                 model_path=model_path,
@@ -299,7 +306,7 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
                 "ok",
                 report["baseline"]["flops"] / max(report["pruned"]["flops"], 1),
                 report["target"]["achieved"].get("sparsity"),
-                time.monotonic() - started,
+                time.process_time() - started,
                 "",
             )
         except CompressionError as exc:
@@ -311,7 +318,7 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
                 exc.code,
                 None,
                 None,
-                time.monotonic() - started,
+                time.process_time() - started,
                 exc.message[:300],
             )
         except TimeoutError:
@@ -323,8 +330,8 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
                 "timeout",
                 None,
                 None,
-                time.monotonic() - started,
-                f"over {JOB_LIMIT_S} s",
+                time.process_time() - started,
+                f"over {JOB_LIMIT_S} CPU seconds",
             )
         except Exception as exc:  # what a job would report as `internal`
             yield Outcome(
@@ -335,15 +342,15 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
                 "internal",
                 None,
                 None,
-                time.monotonic() - started,
+                time.process_time() - started,
                 f"{type(exc).__name__}: {str(exc)[:300]}",
             )
         finally:
-            signal.alarm(0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
 
 
 def _on_alarm(signum: int, frame: object) -> None:
-    """Turns the job time limit into an exception at the next Python step."""
+    """Turns the job's CPU-time limit into an exception at the next Python step."""
     raise TimeoutError
 
 
@@ -372,7 +379,7 @@ def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str,
         lines.append(f"| {family} | {source} | {method} | {passed}/{total} | {passed / total:.0%} |")
     lines += [
         "",
-        "| model | uploaded as | method | result | FLOPs reduction | sparsity | seconds |",
+        "| model | uploaded as | method | result | FLOPs reduction | sparsity | CPU seconds |",
         "|---|---|---|---|---|---|---|",
     ]
     for o in sorted(outcomes, key=lambda o: (o.model, o.source, o.method)):
@@ -410,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "cases already there are not run again, and the table covers them all")
     args = parser.parse_args(argv)
     if args.child:
-        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.signal(signal.SIGPROF, _on_alarm)
         for outcome in _child(Case(**json.loads(args.child)), args.workdir):
             print(json.dumps(asdict(outcome)), flush=True)
         return 0
