@@ -26,7 +26,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,6 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.db.models import STATUSES, utcnow
 from service.db.session import session_scope
 from service.jobs import metrics_queries as queries
+from workers.compression.preflight_verdict import PASSED as PREFLIGHT_PASSED
+from workers.compression.preflight_verdict import PREFLIGHT_VISIBLE
+from workers.compression.preflight_verdict import REFUSED as PREFLIGHT_REFUSED
 
 __all__ = ["GPU_MEMORY_KEY", "HttpMetrics", "JobsCollector", "install_metrics", "router"]
 
@@ -69,6 +72,7 @@ class JobsCollector(Collector):
             counts = queries.count_by_status(session)
             oldest, beat = queries.oldest_queued(session), queries.newest_heartbeat(session)
             reports = queries.worker_reports(session)
+            verdicts, misses = queries.preflight_outcomes(session)
             self._ingest(session)
         now = self.clock()
         jobs = GaugeMetricFamily("secateur_jobs", "Jobs by status", labels=["status"])
@@ -84,6 +88,7 @@ class JobsCollector(Collector):
             GaugeMetricFamily("secateur_workers_busy", "Workers holding a job",
                               value=len({worker for worker, _ in reports})),
             _gpu_memory(reports),
+            *_preflight(verdicts, misses),
         ]
         if beat is not None:  # absent when nothing runs, so absent() alerts stay meaningful
             found.append(GaugeMetricFamily("secateur_worker_heartbeat_age_seconds", "Seconds since the "
@@ -113,6 +118,21 @@ class JobsCollector(Collector):
         for stage, seconds in timings.items():
             if isinstance(seconds, int | float) and not isinstance(seconds, bool):
                 self.stage_seconds.labels(str(stage)).observe(float(seconds))
+
+
+def _preflight(verdicts: dict[str, int], misses: dict[str, int]) -> list[Metric]:
+    """Jobs by their own pre-flight verdict, and those that passed it yet failed for a reason it covers (a
+    pre-flight miss: should stay at zero). Counted from the jobs kept in the database."""
+    runs = CounterMetricFamily("secateur_jobs_preflight", "Jobs by the verdict of the pre-flight they ran "
+                               "on their inputs before training", labels=["result"])
+    for result, kind in (("passed", PREFLIGHT_PASSED), ("refused", PREFLIGHT_REFUSED)):
+        runs.add_metric([result], verdicts.get(kind, 0))
+    missed = CounterMetricFamily("secateur_jobs_failed_after_preflight", "Jobs that passed pre-flight and "
+                                 "then failed for a reason pre-flight checks (by error code; should stay 0)",
+                                 labels=["code"])
+    for code in PREFLIGHT_VISIBLE:
+        missed.add_metric([code], misses.get(code, 0))
+    return [runs, missed]
 
 
 def _gpu_memory(reports: list[tuple[str, dict[str, Any]]]) -> Metric:

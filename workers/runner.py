@@ -35,6 +35,8 @@ from workers.checkpoints import StorageCheckpoints
 from workers.compression.config import JobConfig
 from workers.compression.errors import CompressionError, JobStopped
 from workers.compression.hooks import Progress
+from workers.compression.preflight_verdict import PASSED as PREFLIGHT_PASSED
+from workers.compression.preflight_verdict import REFUSED as PREFLIGHT_REFUSED
 from workers.heartbeat import CANCEL_REQUESTED, DB_ERRORS, LEASE_LOST, SHUTDOWN, LeaseGuard, stronger
 from workers.lease import JobLog, Lease, retry_db, worker_id
 from workers.progress import ProgressWriter
@@ -213,6 +215,7 @@ class JobRun:
             store.get_to_file(input_key(lease.tenant, lease.job_id, "model"), model)
             store.get_to_file(input_key(lease.tenant, lease.job_id, "dataset"), dataset)
             checkpoints = StorageCheckpoints(lease, store, self.factory, self.actor, self.log)
+            self._preflight(model, dataset)
             report = self._compress_within_memory(model, dataset, work / "out", progress, checkpoints)
             report.update(attempt=lease.attempt, resumed_from=checkpoints.resumed_from)
             _write_report(work / "out" / "report.json", report)
@@ -223,6 +226,17 @@ class JobRun:
             progress.force(Progress(stage="uploading", fraction=1.0))
         self.log.info("artifacts uploaded")
         return summarize(report)
+
+    def _preflight(self, model: Path, dataset: Path) -> None:
+        """Runs the engine's pre-flight on the inputs and records its verdict on the job (an event); a job
+        it refuses fails now with pre-flight's own code, before any training (see preflight_verdict)."""
+        from workers.compression.preflight import job_verdict  # torch loads in the job's process only
+
+        verdict, refusal = job_verdict(model, dataset, JobConfig.model_validate(self.lease.config),
+                                       threads=self.settings.torch_threads)
+        self.settler.note(PREFLIGHT_PASSED if refusal is None else PREFLIGHT_REFUSED, verdict)
+        if refusal is not None:
+            raise refusal
 
     def _compress_within_memory(self, model: Path, dataset: Path, out_dir: Path, progress: ProgressWriter,
                                 checkpoints: StorageCheckpoints) -> dict[str, Any]:

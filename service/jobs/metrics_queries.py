@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, distinct, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Job
+from service.db.models import Job, JobEvent
 from service.jobs.states import ACTIVE
+from workers.compression.preflight_verdict import PASSED, PREFLIGHT_VISIBLE, REFUSED
 
 __all__ = [
-    "FinishedJob", "count_by_status", "finished_since", "newest_heartbeat", "oldest_queued", "worker_reports",
+    "FinishedJob", "count_by_status", "finished_since", "newest_heartbeat", "oldest_queued",
+    "preflight_outcomes", "worker_reports",
 ]
 
 
@@ -69,3 +71,15 @@ def finished_since(
         stmt = stmt.where(or_(Job.finished_at > at, and_(Job.finished_at == at, Job.id > job_id)))
     stmt = stmt.order_by(Job.finished_at, Job.id).limit(limit)
     return [FinishedJob(*row) for row in session.execute(stmt)]
+
+
+def preflight_outcomes(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """Returns jobs per pre-flight verdict (passed, refused), and per code the failed jobs that passed
+    pre-flight yet failed for a reason it covers (its misses)."""
+    verdicts = session.execute(select(JobEvent.kind, func.count(distinct(JobEvent.job_id)))
+                               .where(JobEvent.kind.in_((PASSED, REFUSED))).group_by(JobEvent.kind))
+    passed = exists().where(JobEvent.job_id == Job.id, JobEvent.kind == PASSED)
+    misses = session.execute(select(Job.error_code, func.count())
+                             .where(Job.status == "failed", Job.error_code.in_(PREFLIGHT_VISIBLE), passed)
+                             .group_by(Job.error_code))
+    return ({str(kind): int(n) for kind, n in verdicts}, {str(code): int(n) for code, n in misses})

@@ -91,7 +91,7 @@ def test_worker_takes_wakeups_from_redis_and_runs_each_job_once(
         with session_scope(sessions) as session:
             kinds = [e.kind for e in repository.list_events(session, job_id=job_id) if e.kind != "stage"]
             again = repository.get_job_any_tenant(session, job_id=job_id)
-        assert kinds == ["claimed", "failed"]
+        assert kinds == ["claimed", "preflight_refused", "failed"]
         assert again is not None
         assert (again.epoch, again.attempt) == (1, 1)
         assert not maps_torch(worker.pid), "the forking worker parent must never load torch"

@@ -112,7 +112,7 @@ def test_sigterm_releases_at_the_epoch_end_and_the_next_attempt_resumes_there(
     assert (job.status, job.attempt, job.epoch) == ("queued", 0, 2)
     assert woken == [job_id]
     kinds = event_kinds(factory, job_id)
-    assert kinds == ["claimed", "checkpoint", "released"]
+    assert kinds == ["claimed", "preflight_passed", "checkpoint", "released"]
     monkeypatch.undo()
     monkeypatch.setattr(runner, "send_wakeup", lambda job_id: True)
     assert runner.run_job(job_id, settings=settings) == "succeeded"
@@ -267,6 +267,6 @@ def test_a_lease_lost_mid_run_stops_the_job_without_a_write(
     assert runner.run_job(job_id, settings=settings.model_copy(update={"heartbeat_interval_s": 0.05})) is None
     job = fetch(factory, job_id)
     assert (job.status, job.checkpoint_key) == ("queued", None)
-    assert event_kinds(factory, job_id) == ["claimed", "lease_lost"]
+    assert event_kinds(factory, job_id) == ["claimed", "preflight_passed", "lease_lost"]
     assert not store.exists(artifact_key(TENANT, job_id, "model.onnx"))
     assert not store.exists(f"{checkpoint_key(TENANT, job_id)}.1.1")

@@ -44,7 +44,7 @@ def test_job_runs_to_succeeded_with_artifacts_and_events(
     assert job.metrics["verification_passed"] is True
     assert all(store.exists(artifact_key(TENANT, job_id, name)) for name in ARTIFACT_NAMES)
     # The engine checkpointed its one epoch through the storage adapter; the job's end removed it.
-    assert event_kinds(factory, job_id) == ["claimed", "checkpoint", "succeeded"]
+    assert event_kinds(factory, job_id) == ["claimed", "preflight_passed", "checkpoint", "succeeded"]
     assert job.checkpoint_key is None
     assert not store.exists(f"{checkpoint_key(TENANT, job_id)}.1.1")
     assert (report["attempt"], report["resumed_from"], report["oom_retries"]) == (1, None, [])
@@ -172,5 +172,5 @@ def test_run_job_ends_cancelled_when_cancelled_mid_run(
     assert runner.run_job(job_id, settings=settings) == "cancelled"
     job = fetch(factory, job_id)
     assert (job.status, job.error_code) == ("cancelled", None)
-    assert event_kinds(factory, job_id) == ["claimed", "cancelled"]
+    assert event_kinds(factory, job_id) == ["claimed", "preflight_passed", "cancelled"]
     assert not store.exists(artifact_key(TENANT, job_id, "model.onnx"))

@@ -31,7 +31,7 @@ from torch import nn
 from workers.compression import model_io, onnx_import, sniff
 from workers.compression.config import METHOD_TARGETS, JobConfig, L1Options, MagnitudeOptions, Target
 from workers.compression.datasets import ArrayBundle, DatasetBundle
-from workers.compression.errors import ExportMismatch, InvalidConfig
+from workers.compression.errors import ExportMismatch, InvalidConfig, UserError
 from workers.compression.export import export_onnx, verify
 from workers.compression.measure import count_macs, count_params
 from workers.compression.methods.masks import select_prunable, weight_layers
@@ -46,7 +46,7 @@ from workers.compression.methods.unstructured import MIN_KEEP
 from workers.compression.pipeline import check_exportable, check_fits, load_inputs
 from workers.compression.preprocessing import Preprocessing
 
-__all__ = ["CHECKED_SAMPLES", "UNSUPPORTED_MARKS", "run_preflight"]
+__all__ = ["CHECKED_SAMPLES", "UNSUPPORTED_MARKS", "job_verdict", "run_preflight"]
 
 CHECKED_SAMPLES = 4  # validation samples the ONNX round trip is checked on (the job checks them all)
 TIMED_SAMPLES = 4  # samples of the one timed training step behind the duration estimate
@@ -57,6 +57,7 @@ UNSUPPORTED_MARKS = ("cannot map", "unmodelled")
 MAX_RATIO = 0.999  # the job's own bound: every prunable layer keeps a single channel
 SEARCH_STEPS = 6  # removals a FLOPs target may take beyond the bound's (each costs a pruned copy)
 FLOPS_TOLERANCE = 0.02  # a reduction this close above the target is taken
+_MESSAGE = 1000  # characters of a refusal recorded on the job
 _EVAL_PASSES = 3  # besides one per epoch: the baseline's and the pruned model's verification, and measuring
 
 
@@ -101,6 +102,22 @@ def run_preflight(model_path: Path, config: JobConfig, *, dataset_path: Path | N
         "targets": predicted, "onnx_roundtrip": roundtrip, "estimate_s": seconds,
         "estimate_basis": _basis(seconds, inputs.from_dataset), "elapsed_s": time.perf_counter() - started,
     }
+
+
+def job_verdict(model_path: Path, dataset_path: Path, config: JobConfig, *,
+                threads: int = 1) -> tuple[dict[str, Any], UserError | None]:
+    """Pre-flight as a job runs it on its own inputs (no estimate): the verdict to record on the job, and
+    the error to fail the job with when pre-flight refuses it (None when it passed)."""
+    try:
+        answer = run_preflight(model_path, config, dataset_path=dataset_path, threads=threads, estimate=False)
+    except UserError as exc:
+        return {"ok": False, "code": exc.code, "message": exc.message[:_MESSAGE]}, exc
+    if answer["ok"]:
+        return {"ok": True, "elapsed_s": round(answer["elapsed_s"], 2)}, None
+    problem = answer["problems"][0]
+    error = ExportMismatch if problem["code"] == ExportMismatch.code else InvalidConfig
+    return {"ok": False, "code": problem["code"], "message": problem["message"][:_MESSAGE]}, error(
+        problem["message"])
 
 
 def _load(model_path: Path, dataset_path: Path | None, config: JobConfig) -> _Inputs:
