@@ -14,12 +14,13 @@ from typing import Any, BinaryIO
 import anyio
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AppContext, ContextDep, TenantDep
+from service.api.deps import AppContext, ContextDep, TenantDep, validation_shares
 from service.api.json_body import StoredDatasetBody, is_json, read_json_body
-from service.api.uploads import _Events, _feed
+from service.api.uploads import _Events, _feed, new_parser
+from service.bounds import bounded_strings
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.jobs.inputs import HEAD_BYTES
 from service.jobs.sandbox import check_dataset_file
@@ -62,15 +63,18 @@ class DatasetFacts(BaseModel):
              responses={status: {"model": ErrorBody} for status in (400, 401, 413, 415, 422, 503)})
 async def validate_dataset(request: Request, context: ContextDep, tenant: TenantDep) -> DatasetFacts:
     """Checks an uploaded dataset in seconds: format, classes, counts per class and split, image sizes,
-    unreadable files and warnings. Nothing is stored."""
+    unreadable files and warnings. Nothing is stored. Names (classes, files) longer than 200 characters are
+    cut, so a hostile archive cannot make the answer huge."""
+    settings = context.settings
     with tempfile.TemporaryDirectory(prefix="secateur-validate-") as tmp:  # mode 0700, removed after
         path = Path(tmp) / "dataset"
         if is_json(request):  # a stored dataset by id (POST /datasets): copied here, not uploaded again
             await _copy_stored(request, context, tenant, path)
         else:
-            await _receive_file(request, path, context.settings.max_upload_bytes)
-        facts = await run_in_threadpool(check_dataset_file, path, context.settings)
-    return DatasetFacts(**facts)
+            await _receive_file(request, path, settings.max_upload_bytes)
+        async with validation_shares(request).hold(tenant, settings.sandbox_timeout_s):
+            facts = await run_in_threadpool(check_dataset_file, path, settings)
+    return DatasetFacts(**bounded_strings(facts))
 
 
 async def _copy_stored(request: Request, context: AppContext, tenant: str, path: Path) -> None:
@@ -91,7 +95,7 @@ async def _receive_file(request: Request, path: Path, limit: int) -> None:
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
     events = _Events()
-    parser = MultipartParser(boundary, events.callbacks())
+    parser = new_parser(boundary, events)
     received, head, seen, done = 0, bytearray(), False, False
     with path.open("wb") as out:
         async for chunk in request.stream():

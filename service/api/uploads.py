@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -130,7 +130,7 @@ class _Receiver:
         if declared.isdigit() and int(declared) > self.limit:
             raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {self.limit}")
         events = _Events()
-        parser = MultipartParser(boundary, events.callbacks())
+        parser = new_parser(boundary, events)
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
@@ -227,11 +227,19 @@ def _boundary(request: Request, expected: str) -> bytes:
     return boundary
 
 
+def new_parser(boundary: bytes, events: _Events) -> MultipartParser:
+    """Returns a parser recording into `events`; a boundary it refuses (over 256 bytes) is a 400."""
+    try:
+        return MultipartParser(boundary, events.callbacks())
+    except FormParserError as exc:
+        raise BadRequest(f"malformed multipart header: {exc}") from None
+
+
 def _feed(parser: MultipartParser, chunk: bytes) -> None:
     """Feeds one chunk to the parser; malformed multipart becomes a 400."""
     try:
         parser.write(chunk)
-    except MultipartParseError as exc:
+    except FormParserError as exc:  # MultipartParseError and its relatives
         raise BadRequest(f"malformed multipart body: {exc}") from None
 
 

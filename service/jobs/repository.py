@@ -5,12 +5,14 @@ Callers own the transaction (see `service.db.session.session_scope`); nothing he
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Update, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from service.bounds import bounded
 from service.db.models import Job, JobEvent, UTCDateTime, utcnow
 from service.jobs.states import ACTIVE, TERMINAL, sources_of
 from service.jobs.stored_inputs_repository import input_bytes
@@ -27,6 +29,7 @@ __all__ = [
     "heartbeat",
     "list_events",
     "list_jobs",
+    "lock_tenant_submissions",
     "record_event",
     "request_cancel",
     "set_checkpoint",
@@ -137,14 +140,18 @@ def finish_job(
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> bool:
-    """Moves a job to a terminal status under the worker's lease; False when the lease is lost."""
+    """Moves a job to a terminal status under the worker's lease; False when the lease is lost.
+
+    The error message is cut to a fixed length: it may quote what an upload holds (a member's name).
+    """
     if status not in TERMINAL:
         raise ValueError(f"finish_job needs a terminal status, not {status!r}")
     now = utcnow()
     stmt = (
         update(Job)
         .where(_fenced(job_id, epoch), Job.status.in_(sources_of(status)))
-        .values(status=status, metrics=metrics, error_code=error_code, error_message=error_message,
+        .values(status=status, metrics=metrics, error_code=error_code,
+                error_message=None if error_message is None else bounded(error_message),
                 finished_at=now, updated_at=now)
     )
     return _changed(session, stmt) == 1
@@ -193,6 +200,16 @@ def count_unfinished_jobs(session: Session, *, tenant: str) -> int:
     """Counts the tenant's jobs that are not finished (queued, running or cancelling): its concurrency."""
     stmt = select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.not_in(TERMINAL))
     return int(session.execute(stmt).scalar_one())
+
+
+def lock_tenant_submissions(session: Session, *, tenant: str) -> None:
+    """Makes the tenant's submissions record one at a time until this transaction ends (exact quotas)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"submit:{tenant}".encode()).digest()[:8], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(key)))
+    else:  # SQLite has one write lock: an UPDATE (of no row) takes it, and it is held until commit
+        session.execute(update(Job).where(literal(False)).values(tenant=Job.tenant)
+                        .execution_options(synchronize_session=False))
 
 
 def stored_input_bytes(session: Session, *, tenant: str) -> int:

@@ -22,6 +22,7 @@ from service.jobs import repository
 from service.jobs.admission import admit_uploads
 from service.jobs.inputs import check_model_fits, parse_config
 from service.jobs.states import is_terminal
+from service.limits import check_unfinished_quota
 from service.queue import send_wakeup
 from service.settings import Settings
 from service.storage.base import ObjectNotFound, ObjectStore
@@ -149,6 +150,7 @@ class JobService:
                             raise Conflict("this Idempotency-Key was used with a different request",
                                            code="idempotency_conflict")
                         return earlier, False
+                check_unfinished_quota(session, self.settings, tenant)  # under a lock, in this transaction
                 repository.create_job(session, job=job)
                 formats = {"model_format": model.format, "dataset_format": dataset_format}
                 repository.record_event(session, job_id=job_id, epoch=0, kind="created", actor="api",
