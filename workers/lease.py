@@ -35,6 +35,9 @@ class Lease:
     dataset_format: str
     max_attempts: int = 1
     started_at: datetime | None = None  # when the job first started (max runtime counts from here)
+    model_id: str | None = None  # the stored model it names (None: its own upload)
+    dataset_id: str | None = None  # the stored dataset it names (None: its own upload)
+    rerun_of: str | None = None  # the job this one reruns (its report is compared with ours)
 
 
 class JobLog(logging.LoggerAdapter[logging.Logger]):

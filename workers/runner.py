@@ -27,10 +27,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.session import make_engine, make_session_factory, session_scope
 from service.jobs import repository
+from service.jobs.stored_inputs import job_input_key
 from service.queue import send_wakeup
 from service.settings import Settings
 from service.storage import ObjectNotFound, StorageError, make_store
-from service.storage.keys import ARTIFACT_NAMES, artifact_key, input_key
+from service.storage.keys import ARTIFACT_NAMES, artifact_key
 from workers.checkpoints import StorageCheckpoints
 from workers.compression.config import JobConfig
 from workers.compression.errors import CompressionError, JobStopped
@@ -40,6 +41,7 @@ from workers.compression.preflight_verdict import REFUSED as PREFLIGHT_REFUSED
 from workers.heartbeat import CANCEL_REQUESTED, DB_ERRORS, LEASE_LOST, SHUTDOWN, LeaseGuard, stronger
 from workers.lease import JobLog, Lease, retry_db, worker_id
 from workers.progress import ProgressWriter
+from workers.rerun import rerun_fields
 from workers.settle import Settler
 
 __all__ = ["CANCEL_REQUESTED", "LEASE_LOST", "JobLog", "Lease", "OutOfMemory", "ProgressWriter",
@@ -99,7 +101,8 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     return {**sides, "achieved": report.get("target", {}).get("achieved", {}),
             "verification_passed": report.get("verification", {}).get("passed"),
             "timings_s": report.get("timings_s", {}), "attempt": report.get("attempt"),
-            "resumed_from": report.get("resumed_from"), "oom_retries": report.get("oom_retries", [])}
+            "resumed_from": report.get("resumed_from"), "oom_retries": report.get("oom_retries", []),
+            **{key: report[key] for key in ("rerun_of", "reproduced") if key in report}}
 
 
 def run_job(job_id: str, *, settings: Settings, actor: str | None = None,
@@ -113,7 +116,8 @@ def run_job(job_id: str, *, settings: Settings, actor: str | None = None,
             JobLog(log, {"job_id": job_id}).info("not queued any more: duplicate wake-up ignored")
             return None
         lease = Lease(job.id, job.tenant, job.epoch, job.attempt, dict(job.config), job.model_format,
-                      job.dataset_format, job.max_attempts, job.started_at)
+                      job.dataset_format, job.max_attempts, job.started_at, model_id=job.model_id,
+                      dataset_id=job.dataset_id, rerun_of=job.rerun_of)
         repository.record_event(session, job_id=job_id, epoch=lease.epoch, kind="claimed", actor=actor,
                                 detail={"attempt": lease.attempt, "pid": os.getpid()})
     return JobRun(lease, settings, factory, actor, exit_process).run()
@@ -212,12 +216,14 @@ class JobRun:
             work = Path(tmp)
             model = work / f"model{INPUT_SUFFIX.get(lease.model_format, '')}"
             dataset = work / f"dataset{INPUT_SUFFIX.get(lease.dataset_format, '')}"
-            store.get_to_file(input_key(lease.tenant, lease.job_id, "model"), model)
-            store.get_to_file(input_key(lease.tenant, lease.job_id, "dataset"), dataset)
+            store.get_to_file(job_input_key(lease.tenant, lease.job_id, "model", lease.model_id), model)
+            store.get_to_file(job_input_key(lease.tenant, lease.job_id, "dataset", lease.dataset_id), dataset)
             checkpoints = StorageCheckpoints(lease, store, self.factory, self.actor, self.log)
             self._preflight(model, dataset)
             report = self._compress_within_memory(model, dataset, work / "out", progress, checkpoints)
             report.update(attempt=lease.attempt, resumed_from=checkpoints.resumed_from)
+            if lease.rerun_of is not None:  # compare with the original: kept weights and accuracies
+                report.update(rerun_fields(store, lease.tenant, lease.rerun_of, report))
             _write_report(work / "out" / "report.json", report)
             progress.force(Progress(stage="uploading", fraction=0.99))
             self._confirm_lease()  # the artifacts' keys are shared by every attempt: only the owner writes

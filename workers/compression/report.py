@@ -17,6 +17,7 @@ from torch import nn
 
 from workers.compression.config import JobConfig
 from workers.compression.export import IR_VERSION, OPSET, Verification
+from workers.compression.manifest import build_manifest
 from workers.compression.measure import ParamCounts
 from workers.compression.methods.base import MethodResult
 from workers.compression.methods.masks import weight_layers
@@ -170,4 +171,5 @@ def build_report(
         "units": UNITS,
         "latency_runs": latency_runs,
         "notes": _notes(achieved),
+        "manifest": build_manifest(config=config, inputs=inputs, environment=environment, model=result.model),
     }
