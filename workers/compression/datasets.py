@@ -14,7 +14,7 @@ counts and `batches(...)`. Two kinds exist:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +30,7 @@ from workers.compression.pixel_budget import check_pixels
 from workers.compression.preprocessing import Preprocessing, resize_center_crop
 
 __all__ = ["IN_MEMORY_BYTES", "IN_MEMORY_SIDE", "MAX_NPZ_BYTES", "PAD", "ArrayBundle", "DatasetBundle",
-           "from_arrays", "load_dataset"]
+           "from_arrays", "load_dataset", "no_single_sample"]
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -136,6 +136,25 @@ class ArrayBundle(DatasetBundle):
             if augment:
                 xb = random_crop_flip(xb, generator)
             yield self.normalize(xb.to(device)), y[idx].to(device)
+
+
+def no_single_sample(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields the same number of batches with the same samples, but a batch of one sample (the last of a
+    split of k * batch_size + 1) takes a sample from the batch before it: BatchNorm in training mode
+    cannot normalize a single sample (one value per channel) and would fail the job."""
+    held: tuple[torch.Tensor, torch.Tensor] | None = None
+    for x, y in batches:
+        if held is not None and x.shape[0] == 1 and held[0].shape[0] > 2:
+            (hx, hy), held = held, None
+            yield hx[:-1], hy[:-1]
+            x, y = torch.cat([hx[-1:], x]), torch.cat([hy[-1:], y])
+        if held is not None:
+            yield held
+        held = (x, y)
+    if held is not None:
+        yield held
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.compression.config import FinetuneConfig
-from workers.compression.datasets import DatasetBundle
+from workers.compression.datasets import DatasetBundle, no_single_sample
 from workers.compression.distill import Teacher
 from workers.compression.divergence import DivergenceWatch, grad_norm
 from workers.compression.hooks import CheckpointStore, Progress, ProgressCallback
@@ -200,9 +200,9 @@ class Trainer:
             first, last = (epoch - 1) * spe, min(epoch * spe, total)  # this epoch's steps [first, last)
             loss_sum, loss_n = 0.0, 0
             step = first
-            batches = TimedBatches(self.data.batches(
+            batches = TimedBatches(no_single_sample(self.data.batches(
                 "train", self.finetune.batch_size, shuffle=True, generator=self.generator, device=self.device
-            ))
+            )))
             for x, y in batches:  # x (B, C, H, W) or (B, F), y (B,)
                 step_lr = learning_rate(lr, schedule, step, total)
                 for group in opt.param_groups:
