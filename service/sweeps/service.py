@@ -40,6 +40,8 @@ class SweepService:
 
     def create(self, *, tenant: str, body: SweepIn) -> tuple[str, list[str]]:
         """Queues one job per target on the stored inputs; returns (sweep id, job ids in target order)."""
+        model, dataset = StoredInputs(self.jobs).for_job(tenant=tenant, model_id=body.model_id,
+                                                         dataset_id=body.dataset_id)
         if "target" in body.config:
             raise InvalidRequest("a sweep's config has no `target`: each point's comes from `targets` or "
                                  "`range`", code="invalid_sweep")
@@ -47,8 +49,6 @@ class SweepService:
         texts = [json.dumps({**body.config, "target": target}) for target in targets]
         for text in texts:
             parse_config(text)  # every point's config must be valid before any job is queued
-        model, dataset = StoredInputs(self.jobs).for_job(tenant=tenant, model_id=body.model_id,
-                                                         dataset_id=body.dataset_id)
         self._check_room(tenant, len(targets))
         sweep = Sweep(id=new_job_id(), tenant=tenant, model_id=body.model_id, dataset_id=body.dataset_id,
                       config=parse_config(texts[0]).model_dump(mode="json", exclude={"target"},

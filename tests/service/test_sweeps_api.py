@@ -179,3 +179,19 @@ async def test_a_sweeps_webhook_url_is_every_points_callback(make_api: Any) -> N
         assert response.status_code == 202, response.text
         for job_id in response.json()["jobs"]:
             assert (await api.client.get(f"/jobs/{job_id}")).json()["config"]["webhook_url"] == hook
+
+
+async def test_the_listing_pages_by_count_and_by_bytes(make_api: Any) -> None:
+    async with make_api(max_active_jobs_per_tenant=8, max_list_bytes=1500) as api:
+        ids = [(await create(api, targets=[{"pruning_ratio": r}])).json()["id"] for r in (0.2, 0.4, 0.6)]
+        seen, cursor, pages = [], None, 0
+        while True:
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            body = (await api.client.get("/sweeps", params=params)).json()
+            seen += [s["id"] for s in body["sweeps"]]
+            pages += 1
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == ids[::-1]  # newest first, each once
+        assert pages == 3  # a sweep's JSON is ~1 KB: 1500 bytes hold one, though `limit` allows two
