@@ -9,6 +9,7 @@ image, never by the image.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,22 +60,24 @@ class ImageIndex:
         return next(iter(self.sizes)) if len(self.sizes) == 1 else None
 
 
-def _per_split() -> dict[Split | None, list[Any]]:
-    """Returns one empty list per split, and one for images the data assigns to no split."""
-    return {"train": [], "val": [], None: []}
+def _packed(code: str) -> dict[Split | None, array[int]]:
+    """Returns one empty packed array per split, and one for images the data assigns to no split."""
+    return {"train": array(code), "val": array(code), None: array(code)}
 
 
 @dataclass
 class IndexBuilder:
-    """Collects images one header at a time, then settles the classes, the split and the refusals."""
+    """Collects images one header at a time, then settles the classes, the split and the refusals.
+
+    Per image it keeps 20 packed bytes (key, label number, sampled hash), never a Python object."""
 
     format: str
     source: ImageSource
     max_unreadable: float = MAX_UNREADABLE
-    _keys: dict[Split | None, list[int]] = field(default_factory=lambda: _per_split())
-    _classes: dict[Split | None, list[str]] = field(default_factory=lambda: _per_split())
-    _digests: dict[Split | None, list[int]] = field(default_factory=lambda: _per_split())
-    _labels: dict[str, str] = field(default_factory=dict)  # one string per class, shared by its images
+    _keys: dict[Split | None, array[int]] = field(default_factory=lambda: _packed("q"))
+    _labels: dict[Split | None, array[int]] = field(default_factory=lambda: _packed("i"))
+    _digests: dict[Split | None, array[int]] = field(default_factory=lambda: _packed("Q"))
+    _label_ids: dict[str, int] = field(default_factory=dict)  # class name -> its number here
     _unreadable: list[str] = field(default_factory=list)
     _sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
     _gray: bool = True
@@ -82,7 +85,7 @@ class IndexBuilder:
     def add(self, split: Split | None, label: str, key: int, facts: ImageFacts) -> None:
         """Records one readable image; `split` None means the data names no split for it."""
         self._keys[split].append(key)
-        self._classes[split].append(self._labels.setdefault(label, label))
+        self._labels[split].append(self._label_ids.setdefault(label, len(self._label_ids)))
         self._digests[split].append(facts.digest)
         self._sizes[(facts.width, facts.height)] += 1
         self._gray = self._gray and facts.gray
@@ -98,38 +101,46 @@ class IndexBuilder:
             shown = ", ".join(self._unreadable[:_SHOWN])
             raise InvalidDataset(f"{len(self._unreadable)} of {total} images are unreadable (more than "
                                  f"{self.max_unreadable:.0%}), e.g. {shown}")
-        pooled = self._keys[None] + self._keys["train"]
-        if not pooled:
+        pooled = _numpy(self._keys[None] + self._keys["train"])
+        if not len(pooled):
             raise InvalidDataset("the dataset has no readable training images")
-        classes = class_names or sorted(set(self._classes[None] + self._classes["train"]))
-        index = {name: i for i, name in enumerate(classes)}
-        unknown = sorted(set(self._classes["val"]) - set(index))
+        names = list(self._label_ids)  # by number
+        train_ids = _numpy(self._labels[None] + self._labels["train"])
+        classes = class_names or sorted({names[i] for i in np.unique(train_ids)})
+        position = {name: i for i, name in enumerate(classes)}
+        relabel = np.array([position.get(name, -1) for name in names], dtype=np.int64)
+        val_ids = _numpy(self._labels["val"])
+        unknown = sorted({names[i] for i in np.unique(val_ids) if relabel[i] < 0})
         if unknown:
             raise InvalidDataset(f"val has classes with no training images: {unknown[:_SHOWN]}")
-        train_keys = np.array(pooled, dtype=np.int64)
-        train_labels = np.array([index[c] for c in self._classes[None] + self._classes["train"]], np.int64)
-        digests = self._digests[None] + self._digests["train"]
-        if self._keys["val"]:
-            val_keys = np.array(self._keys["val"], dtype=np.int64)
-            val_labels = np.array([index[c] for c in self._classes["val"]], dtype=np.int64)
-            held = np.zeros(len(train_keys), dtype=bool)
+        train_labels = relabel[train_ids]
+        digests = _numpy(self._digests[None] + self._digests["train"])
+        if len(val_ids):
+            val_keys, val_labels = _numpy(self._keys["val"]), relabel[val_ids]
+            val_digests = _numpy(self._digests["val"])
+            held = np.zeros(len(pooled), dtype=bool)
             split: dict[str, Any] = {"val_from": "the data's own validation split"}
         else:
             held = _stratified(train_labels, seed)
-            val_keys, val_labels = train_keys[held], train_labels[held]
+            val_keys, val_labels, val_digests = pooled[held], train_labels[held], digests[held]
             split = {"val_from": "split", "seed": seed, "fraction": VAL_FRACTION}
             if not held.any():
                 raise InvalidDataset("the dataset has no validation split and too few images to hold one out "
                                      "(a class needs at least 2 images)")
-        train_digests = {d for d, h in zip(digests, held, strict=True) if not h}
-        val_digests = self._digests["val"] or [d for d, h in zip(digests, held, strict=True) if h]
         return ImageIndex(
             format=self.format, source=self.source, classes=classes,
-            train=(train_keys[~held], train_labels[~held]), val=(val_keys, val_labels),
+            train=(pooled[~held], train_labels[~held]), val=(val_keys, val_labels),
             split={**split, "train": int((~held).sum()), "val": len(val_keys)},
             unreadable=list(self._unreadable), sizes=self._sizes, gray=self._gray,
-            duplicates=sum(d in train_digests for d in val_digests),
+            duplicates=int(np.isin(val_digests, digests[~held]).sum()),
         )
+
+
+def _numpy(packed: array[int]) -> np.ndarray:
+    """Returns a copy of a packed array as numpy (the same item type)."""
+    if not len(packed):
+        return np.zeros(0, dtype=packed.typecode)
+    return np.array(np.frombuffer(packed, dtype=packed.typecode))
 
 
 def _stratified(labels: np.ndarray, seed: int) -> np.ndarray:

@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 _GRAY_MODES = frozenset({"1", "L", "I;16", "I;16B", "I;16L", "I"})
 _ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
-_HASHED = 64 * 1024  # bytes of an image hashed for duplicate detection (with its size)
+_HASHED_HEAD, _HASHED_TAIL = 16 * 1024, 8 * 1024  # bytes of an image hashed to find duplicates (and its size)
 
 
 class Unreadable(Exception):
@@ -36,7 +36,7 @@ class ImageFacts:
     width: int
     height: int
     gray: bool
-    digest: int  # of the first 64 KiB and the length: equal files share it (a sampled content hash)
+    digest: int  # of the first 16 KiB, the last 8 KiB read and the length: equal files share it (sampled)
 
 
 def probe(name: str, data: bytes, size: int, max_pixels: int) -> ImageFacts:
@@ -51,7 +51,9 @@ def probe(name: str, data: bytes, size: int, max_pixels: int) -> ImageFacts:
     if rotated:
         width, height = height, width
     # 8 bytes as an int: a few dozen bytes per image in the index, where a hex string took twice that.
-    hashed = hashlib.blake2b(data[:_HASHED] + size.to_bytes(8, "little"), digest_size=8)
+    # A sample, not the whole file: hashing every byte cost a fifth of the dataset check's time.
+    sample = data if len(data) <= _HASHED_HEAD + _HASHED_TAIL else data[:_HASHED_HEAD] + data[-_HASHED_TAIL:]
+    hashed = hashlib.blake2b(sample + size.to_bytes(8, "little"), digest_size=8)
     digest = int.from_bytes(hashed.digest())
     return ImageFacts(width, height, gray, digest)
 
