@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from workers.compression.errors import UserError
+from workers.compression.pixel_budget import check_pixels
 from workers.compression.validate import RESOURCES_EXCEEDED, VALIDATOR_BROKEN, limit_resources
 
 __all__ = ["check_dataset", "main"]
@@ -43,6 +44,7 @@ def check_dataset(path: Path, *, seed: int = 0) -> dict[str, Any]:
     from workers.compression.image_index import index_dataset
 
     index = index_dataset(path, kind, seed=seed, cache=False)
+    check_pixels(index.sizes, path.stat().st_size)  # what a job would refuse, this refuses too
     train, val = index.train[1], index.val[1]
     sizes = Counter({f"{w}x{h}": n for (w, h), n in index.sizes.items()})
     facts = _facts(kind, index.classes, train, val, sizes, index.unreadable)
