@@ -28,15 +28,17 @@ from service.settings import Settings
 from workers.compression.errors import JobStopped
 from workers.compression.hooks import Progress
 
-__all__ = ["CANCEL_REQUESTED", "DB_ERRORS", "LEASE_LOST", "MAX_RUNTIME", "SHUTDOWN", "LeaseGuard", "stronger"]
+__all__ = ["CANCEL_REQUESTED", "DB_ERRORS", "LEASE_LOST", "MAX_RUNTIME", "RESOURCES_EXCEEDED", "SHUTDOWN",
+           "LeaseGuard", "stronger"]
 
 LEASE_LOST = "lease_lost"  # another worker owns the job now (or it ended): write nothing more
 CANCEL_REQUESTED = "cancel_requested"  # the user cancelled: end the job `cancelled`
 MAX_RUNTIME = "max_runtime"  # the job ran too long: end it `failed/max_runtime`
+RESOURCES_EXCEEDED = "resources_exceeded"  # past its memory ceiling or CPU budget (workers/ceiling.py)
 SHUTDOWN = "shutdown"  # SIGTERM: checkpoint and hand the job back to the queue
 # When reasons pile up, the stronger one wins: a lost lease forbids every write; a cancel or the runtime
 # limit ends the job for good, which beats handing it back to the queue.
-_STRENGTH = {SHUTDOWN: 0, MAX_RUNTIME: 1, CANCEL_REQUESTED: 2, LEASE_LOST: 3}
+_STRENGTH = {SHUTDOWN: 0, MAX_RUNTIME: 1, RESOURCES_EXCEEDED: 1, CANCEL_REQUESTED: 2, LEASE_LOST: 3}
 DB_ERRORS = (DBAPIError, PoolTimeout)
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class LeaseGuard:
         self._overdue_sent = False
         self._db_down = False
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self.step_cpu_s = time.process_time()  # the process's CPU time at the last progress event
 
     @property
     def reason(self) -> str | None:
@@ -80,6 +83,7 @@ class LeaseGuard:
 
     def check(self, event: Progress) -> None:
         """Raises JobStopped when the job must stop at this progress event (see the module docstring)."""
+        self.step_cpu_s = time.process_time()
         reason = self._reason
         if reason is None:
             return

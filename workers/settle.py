@@ -17,7 +17,14 @@ from service.jobs import recovery, repository
 from service.reaper import delete_checkpoints
 from service.settings import Settings
 from service.storage import ObjectStore
-from workers.heartbeat import CANCEL_REQUESTED, DB_ERRORS, LEASE_LOST, MAX_RUNTIME, SHUTDOWN
+from workers.heartbeat import (
+    CANCEL_REQUESTED,
+    DB_ERRORS,
+    LEASE_LOST,
+    MAX_RUNTIME,
+    RESOURCES_EXCEEDED,
+    SHUTDOWN,
+)
 from workers.lease import JobLog, Lease, retry_db
 
 __all__ = ["Settler"]
@@ -93,8 +100,11 @@ class Settler:
         self.wake(self.lease.job_id)
         return "queued"
 
-    def stop(self, reason: str) -> str | None:
-        """Settles a job stopped at a step boundary (or by the watchdog) for `reason`."""
+    def stop(self, reason: str, detail: str = "") -> str | None:
+        """Settles a job stopped at a step boundary (or by the watchdog) for `reason` (`detail` says more)."""
+        if reason == RESOURCES_EXCEEDED:
+            return self.finish("failed", code=RESOURCES_EXCEEDED,
+                               message=f"the job was stopped: {detail or 'it crossed its resource ceiling'}")
         if reason == CANCEL_REQUESTED:
             return self.finish("cancelled")
         if reason == MAX_RUNTIME:

@@ -38,6 +38,7 @@ from workers.compression.errors import (
     InvalidConfig,
     InvalidDataset,
     InvalidModel,
+    ModelTooCostly,
     UnsupportedModelFormat,
     UnsupportedOp,
     UserError,
@@ -54,7 +55,8 @@ PARSE_TIMEOUT = "parse_timeout"
 CODE_ROOT = Path(workers.__file__).resolve().parents[1]  # where `workers` is importable from
 _ENGINE_ERRORS: dict[str, type[UserError]] = {
     cls.code: cls
-    for cls in (InvalidConfig, InvalidDataset, InvalidModel, UnsupportedModelFormat, UnsupportedOp)
+    for cls in (InvalidConfig, InvalidDataset, InvalidModel, ModelTooCostly, UnsupportedModelFormat,
+                UnsupportedOp)
 }
 _STAGE_ERRORS: dict[str, type[UserError]] = {"dataset": InvalidDataset, "model": InvalidModel}
 # Signals that mean "a limit stopped it": CPU (soft, then hard SIGKILL) and file size (a write was tried).
@@ -85,7 +87,10 @@ def inspect_uploads(store: ObjectStore, settings: Settings, *, model: StoredInpu
         scratch.mkdir()
         argv = [sys.executable, "-B", "-s", "-m", "workers.compression.validate",
                 "--model", str(model_path), "--dataset", str(dataset_path),
-                "--memory-bytes", str(settings.sandbox_memory_bytes), "--cpu-s", str(settings.sandbox_cpu_s)]
+                "--memory-bytes", str(settings.sandbox_memory_bytes), "--cpu-s", str(settings.sandbox_cpu_s),
+                "--max-params-bytes", str(settings.max_model_params_bytes),
+                "--max-activation-bytes", str(settings.max_activation_bytes_per_sample),
+                "--max-flops", str(settings.max_flops_per_sample)]
         if architecture is not None:
             argv += ["--architecture", architecture]
         lines, returncode, stderr = _run(argv, scratch, settings.sandbox_timeout_s)

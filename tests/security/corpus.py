@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.security.uploads import image_zip, linear_onnx, mlp_safetensors, npz_dataset, png
 
-__all__ = ["Canary", "Item", "build_corpus", "pickles"]
+__all__ = ["Canary", "Item", "build_corpus", "expanding_onnx", "matmul_chain", "pickles"]
 
 _BOMB_BYTES = 24 << 20  # zeros that compress ~1000x: under the per-file cap, over every ratio limit
 
@@ -442,7 +442,18 @@ def _constant_of_shape(elements: int) -> bytes:
         "extra", [_ints("size", [elements])]))
 
 
-def _matmul_chain(links: int, side: int = 4096) -> bytes:
+def expanding_onnx(elements: int) -> bytes:
+    """A valid classifier that expands each sample to `elements` floats (within the cost limits per sample,
+    but a training batch of them needs batch x elements x 4 bytes): a cost only a run can show."""
+    return _onnx_bytes(_with_side_branch(
+        [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1], keepdims=1),
+         helper.make_node("Expand", ["mean", "wide"], ["expanded"]),
+         helper.make_node("Mul", ["expanded", "half"], ["held"]),  # a real tensor: Expand alone is a view
+         helper.make_node("ReduceMax", ["held"], ["extra"], axes=[1], keepdims=1)],
+        "extra", [_ints("wide", [1, elements]), numpy_helper.from_array(np.array(0.5, np.float32), "half")]))
+
+
+def matmul_chain(links: int, side: int = 4096) -> bytes:
     """A chain of `links` MatMuls over side x side tensors made by ConstantOfShape: hours of CPU per pass."""
     nodes = [helper.make_node("ConstantOfShape", ["square"], ["m0"],
                               value=numpy_helper.from_array(np.array([1e-4], np.float32)))]
@@ -463,7 +474,7 @@ def _costly() -> Iterator[Item]:
          helper.make_node("ReduceSum", ["zeros"], ["extra"], keepdims=0)],
         "extra", [_ints("zero", [0]), _ints("one", [1]), _ints("huge", [1 << 29])])
     yield Item("computed-shape.onnx", _onnx_bytes(computed), "ConstantOfShape((batch, 2^29)) from the input")
-    yield Item("matmul-chain.onnx", _matmul_chain(2000), "2,000 MatMuls over 4096x4096 tensors")
+    yield Item("matmul-chain.onnx", matmul_chain(2000), "2,000 MatMuls over 4096x4096 tensors")
     nonzero = _with_side_branch(
         [helper.make_node("NonZero", ["input"], ["where"]),
          helper.make_node("Cast", ["where"], ["found"], to=TensorProto.FLOAT),
