@@ -34,7 +34,7 @@ SweepsDep = Annotated[SweepService, Depends(_sweeps)]
 
 
 @router.post("", status_code=202, response_model=SweepCreated,
-             responses=_errors(401, 403, 404, 409, 422, 429, 503))
+             responses=_errors(400, 401, 403, 404, 408, 409, 413, 422, 429, 503))
 async def create_sweep(
     body: SweepIn, request: Request, response: Response, sweeps: SweepsDep, tenant: TenantDep,
     admission: Annotated[Admission, Depends(admit_submission)],  # rate and quotas, as for POST /jobs
