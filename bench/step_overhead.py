@@ -81,6 +81,7 @@ def _build(
     from workers.compression.methods.schedule import cubic_sparsity, make_schedule
     from workers.compression.methods.structured import find_groups, importance, select
     from workers.compression.methods.tpp import TppHooks
+    from workers.compression.methods.tpp_schedule import make_tpp_schedule
     from workers.compression.methods.unstructured import GradualPruningHooks
     from workers.compression.pipeline import resolve_device
 
@@ -105,10 +106,13 @@ def _build(
         example = torch.zeros((1, *data.input_shape), device=device)
         structure = find_groups(model, example, coupled=False)
         plans = select(structure, [importance(model, g) for g in structure.groups], args.pr, None)
-        # The hold: lambda_max from step 1 on, every group zeroed after each step. The ramp: a ramp so long
-        # that lambda stays small but nonzero and no group is ever zeroed.
-        reg_steps, total_steps = (1, 2) if stabilize else (10**9, 10**9)
-        hooks = TppHooks(model, plans, TppOptions(), reg_steps=reg_steps, total_steps=total_steps)
+        # The hold: lambda_max from step 1 on, a group zeroed every step after it (all of them after a few
+        # steps). The ramp: a staircase so slow that lambda stays small but nonzero and nothing is zeroed.
+        steps = {"schedule": "authors", "scale": 1.0, "update_interval": 1, "stabilize_steps": 10**6}
+        options = TppOptions.model_validate(
+            {**steps, "reg_granularity": 1.0, "zero_out_interval": 1} if stabilize
+            else {**steps, "reg_granularity": 1e-6})
+        hooks = TppHooks(model, plans, options, schedule=make_tpp_schedule(options, len(plans)))
         return Variant("tpp_stabilize" if stabilize else "tpp_ramp", model, sgd(model), hooks)
 
     def weightmom_hooks(model: Any) -> Any:

@@ -45,8 +45,8 @@ def _compare(rows: list[list[str]], question: str, setting: str, a: tuple[str, S
 
 
 def headline(table1: Sequence[Record], weightmom: Sequence[Record]) -> str:
-    """Renders the comparisons the issue asks about: TPP against (budget-matched) L1 right after removal,
-    after one finetune epoch and at the end; WeightMom against magnitude at every sparsity."""
+    """Renders the comparisons the issue asks about: TPP against L1 right after removal and against
+    budget-matched L1 at the end; what distillation adds; WeightMom against magnitude at every sparsity."""
     rows: list[list[str]] = []
 
     def values(runs: Sequence[Record], arm: str, get: Callable[[Record], Any], **where: Any) -> list[float]:
@@ -55,28 +55,39 @@ def headline(table1: Sequence[Record], weightmom: Sequence[Record]) -> str:
         return [float(v) for v in got if v is not None]
 
     removal: Callable[[Record], Any] = lambda r: r["method_report"].get("accuracy_after_removal")  # noqa: E731
-    epoch1: Callable[[Record], Any] = lambda r: r["method_report"].get("accuracy_after_first_finetune_epoch")  # noqa: E731
     final: Callable[[Record], Any] = lambda r: r["final_accuracy"]  # noqa: E731
-    for pr in sorted({r["pr"] for r in table1}):
+    for pr in sorted({r["pr"] for r in table1}, reverse=True):
         _compare(rows, "TPP keeps more right after removal", f"PR {pr:g}",
                  ("TPP", values(table1, "tpp", removal, pr=pr)), ("L1", values(table1, "l1", removal, pr=pr)))
         for lr in sorted({r["lr"] for r in table1}, reverse=True):
             setting = f"PR {pr:g}, LR {lr:g}"
-            _compare(rows, "TPP recovers faster (FT epoch 1)", setting,
-                     ("TPP", values(table1, "tpp", epoch1, pr=pr, lr=lr)),
-                     ("L1", values(table1, "l1", epoch1, pr=pr, lr=lr)))
-            _compare(rows, "TPP beats budget-matched L1 (final)", setting,
-                     ("TPP", values(table1, "tpp", final, pr=pr, lr=lr)),
-                     ("L1 + FT", values(table1, "l1_matched", final, pr=pr, lr=lr)))
+            for arm, label in (("tpp", "TPP"), ("tpp_adaptive", "TPP adaptive")):
+                _compare(rows, "TPP beats budget-matched L1 (final)", setting,
+                         (label, values(table1, arm, final, pr=pr, lr=lr)),
+                         ("L1 + matched", values(table1, "l1_matched", final, pr=pr, lr=lr)))
+            _compare(rows, "Distillation helps L1 (final)", setting,
+                     ("L1 + KD", values(table1, "l1_distill", final, pr=pr, lr=lr)),
+                     ("L1", values(table1, "l1", final, pr=pr, lr=lr)))
+            _compare(rows, "Distillation helps TPP (final)", setting,
+                     ("TPP adaptive + KD", values(table1, "tpp_distill", final, pr=pr, lr=lr)),
+                     ("TPP adaptive", values(table1, "tpp_adaptive", final, pr=pr, lr=lr)))
             _compare(rows, "The Gram term helps (final)", setting,
-                     ("TPP", values(table1, "tpp", final, pr=pr, lr=lr)),
+                     ("TPP adaptive", values(table1, "tpp_adaptive", final, pr=pr, lr=lr)),
                      ("w/o Gram", values(table1, "tpp_nogram", final, pr=pr, lr=lr)))
+    mag = weightmom_vs_magnitude.MAGNITUDE
     for sparsity in sorted({r["sparsity"] for r in weightmom}):
-        for arm in sorted({r["arm"] for r in weightmom} - {weightmom_vs_magnitude.MAGNITUDE}, reverse=True):
-            label = weightmom_vs_magnitude.arm_label(arm)
-            _compare(rows, "WeightMom beats magnitude (final)", f"sparsity {sparsity:g}",
-                     (label, values(weightmom, arm, final, sparsity=sparsity)),
-                     ("magnitude", values(weightmom, "magnitude", final, sparsity=sparsity)))
+        setting = f"sparsity {sparsity:g}"
+        for suffix in ("", "_distill"):
+            arms = {r["arm"] for r in weightmom if r["arm"].endswith("_distill") == bool(suffix)}
+            for arm in sorted(arms - {mag + suffix}, reverse=True):
+                label = weightmom_vs_magnitude.arm_label(arm)
+                _compare(rows, "WeightMom beats magnitude (final)", setting,
+                         (label, values(weightmom, arm, final, sparsity=sparsity)),
+                         (weightmom_vs_magnitude.arm_label(mag + suffix),
+                          values(weightmom, mag + suffix, final, sparsity=sparsity)))
+        _compare(rows, "Distillation helps magnitude (final)", setting,
+                 ("magnitude + KD", values(weightmom, mag + "_distill", final, sparsity=sparsity)),
+                 ("magnitude", values(weightmom, mag, final, sparsity=sparsity)))
     if not rows:
         return "_No runs recorded yet._\n"
     return ("Accuracy in % (mean ± std over seeds); Δ in points with the standard error of the difference. "

@@ -1,13 +1,13 @@
 """WeightMom against its baseline `magnitude` at equal sparsity and equal training steps, on the pretrained
-CIFAR-10 ResNet, over seeds (specs/weightmom.md, "The experiment that decides the defaults").
+CIFAR-10 ResNet, over seeds, with and without distillation (specs/weightmom.md, "The experiment that decides
+the defaults").
 
     python -m bench.weightmom_vs_magnitude [--quick] [--sparsities 0.9 0.95 0.98] [--gammas 1 0.5] ...
 
-Every arm trains the same number of steps with the same cubic schedule (t0, t_end) and the same pruning
-interval. `interval` and `beta` are passed explicitly: left to itself, the engine shrinks a requested
-interval that gives fewer than 10 pruning events in the ramp and then derives beta = 1 - 1/interval, so
-short runs would silently test another beta. Here the interval defaults to the one that gives exactly the
-engine's minimum of 10 events, and beta to the spec's 0.99. Writes bench/results/weightmom_vs_magnitude.*.
+Every arm trains the same number of steps with the engine's fixed schedule: a cubic ramp from step 0 that
+closes at the first LR drop (50% of the run), pruning every `interval` steps, masks frozen after. WeightMom's
+beta is the spec's 1 - 1/interval as the engine resolves it (pass --beta to override), gamma as given.
+Writes bench/results/weightmom_vs_magnitude.*.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ __all__ = ["BENCH", "arm_label", "main", "plan", "resolve_interval", "table"]
 
 BENCH = "weightmom_vs_magnitude"
 MAGNITUDE = "magnitude"
+DISTILL = {"alpha": 0.5, "temperature": 4.0}
 
 DEFAULTS: dict[str, Any] = {
     "arch": "resnet20", "train_subset": 0, "val_subset": 0, "batch_size": 64, "seeds": 3, "workers": 2,
-    "epochs": 6, "lr": 1e-2, "sparsities": [0.9, 0.95, 0.98], "gammas": [1.0, 0.5], "beta": 0.99,
-    "interval": 0, "t0": 0.0, "t_end": 0.6,
+    "epochs": 30, "lr": 1e-2, "sparsities": [0.9, 0.95, 0.98], "gammas": [1.0], "beta": None,
+    "interval": 100, "distill": ["off", "on"],
 }
-QUICK: dict[str, Any] = {"train_subset": 256, "val_subset": 256, "seeds": 1, "epochs": 2, "sparsities": [0.9]}
+QUICK: dict[str, Any] = {"train_subset": 256, "val_subset": 256, "seeds": 1, "epochs": 2, "sparsities": [0.9],
+                         "distill": ["off"]}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,58 +47,61 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="finetune learning rate (step schedule)")
     p.add_argument("--sparsities", type=float, nargs="+", help="target sparsities of the prunable weights")
     p.add_argument("--gammas", type=float, nargs="+", help="WeightMom arms: layer-quota exponents")
-    p.add_argument("--beta", type=float, help="WeightMom: EMA factor of the |w| score")
-    p.add_argument("--interval", type=int, help="steps between pruning events (0: the most that still "
-                   "gives the engine's 10 events)")
-    p.add_argument("--t0", type=float, help="pruning starts at this fraction of the run")
-    p.add_argument("--t-end", type=float, help="pruning ends at this fraction of the run")
+    p.add_argument("--beta", type=float, help="WeightMom: EMA of |w| factor (default 1 - 1/interval)")
+    p.add_argument("--interval", type=int, help="requested steps between pruning events (the engine shrinks "
+                   "it to give at least 10 events)")
+    p.add_argument("--distill", nargs="+", choices=["off", "on"], help="arms without / with distillation")
     p.set_defaults(**DEFAULTS)
     return p
 
 
 def resolve_interval(args: argparse.Namespace, train: int) -> int:
-    """Returns the pruning interval every arm gets: --interval, or for 0 the largest one the engine keeps
-    as is (at least 10 events between t0 and t_end)."""
-    if args.interval:
-        return int(args.interval)
+    """Returns the pruning interval the engine will use for every arm (the window ends at the LR drop)."""
     total = math.ceil(args.epochs * math.ceil(train / args.batch_size))
-    # Asking for more than the whole run makes the engine fall back to its 10-event interval: reuse its rule.
-    fallback = make_schedule(total_steps=total, t0=args.t0, t_end=args.t_end, interval=total + 1,
-                             final_sparsity=0.5)
-    return fallback.interval
+    t_end = math.floor(total * 0.5) / total
+    return make_schedule(total_steps=total, t0=0.0, t_end=t_end, interval=args.interval,
+                         final_sparsity=0.5).interval
 
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
-    """Lists every run, seed by seed: magnitude and one WeightMom arm per gamma at every sparsity."""
+    """Lists every run, seed by seed: magnitude and one WeightMom arm per gamma at every sparsity, each
+    without and with distillation."""
     train, val = args.train_subset or 5085, args.val_subset or 1017
     interval = resolve_interval(args, train)
-    ramp = {"interval": interval, "t0": args.t0, "t_end": args.t_end}
-    arms: list[tuple[str, str, dict[str, Any]]] = [(MAGNITUDE, "magnitude", ramp)]
-    arms += [(f"weightmom_g{g:g}", "weightmom", {**ramp, "beta": args.beta, "gamma": g}) for g in args.gammas]
+    beta = {} if args.beta is None else {"beta": args.beta}
+    arms: list[tuple[str, str, dict[str, Any]]] = [(MAGNITUDE, "magnitude", {"interval": args.interval})]
+    arms += [(f"weightmom_g{g:g}", "weightmom", {"interval": args.interval, "gamma": g, **beta})
+             for g in args.gammas]
     scale = (f"{args.arch}/n{args.train_subset}v{args.val_subset}b{args.batch_size}e{args.epochs}"
-             f"lr{args.lr:g}i{interval}t{args.t0:g}-{args.t_end:g}")
+             f"lr{args.lr:g}i{interval}lrdrop")
     specs = []
     for seed in range(args.seeds):
         for sparsity in args.sparsities:
-            for arm, method, options in arms:
-                config = {
-                    "method": method, "architecture": args.arch, "target": {"sparsity": sparsity},
-                    "finetune": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
-                    "seed": seed, "options": options,
-                }
-                labels = {"bench": BENCH, "scale": scale, "arm": arm, "sparsity": sparsity, "seed": seed,
-                          "arch": args.arch, "epochs": args.epochs, "lr": args.lr,
-                          "batch_size": args.batch_size}
-                arm_id = arm if method == MAGNITUDE else f"{arm}b{args.beta:g}"
-                estimate = run_seconds(args.arch, train=train, val=val, dense_epochs=args.epochs)
-                specs.append(RunSpec(f"{scale}/{arm_id}/s{sparsity:g}/seed{seed}", args.arch, config,
-                                     labels, estimate))
+            for distill in args.distill:
+                for arm, method, options in arms:
+                    key = arm + ("_distill" if distill == "on" else "")
+                    config = {
+                        "method": method, "architecture": args.arch, "target": {"sparsity": sparsity},
+                        "finetune": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                                     "distill": DISTILL if distill == "on" else False},
+                        "seed": seed, "options": options,
+                    }
+                    labels = {"bench": BENCH, "scale": scale, "arm": key, "sparsity": sparsity, "seed": seed,
+                              "arch": args.arch, "epochs": args.epochs, "lr": args.lr,
+                              "batch_size": args.batch_size, "distill": distill == "on"}
+                    epochs = args.epochs * (4 / 3 if distill == "on" else 1.0)  # a teacher forward per step
+                    estimate = run_seconds(args.arch, train=train, val=val, dense_epochs=epochs)
+                    arm_id = key if args.beta is None else f"{key}b{args.beta:g}"
+                    specs.append(RunSpec(f"{scale}/{arm_id}/s{sparsity:g}/seed{seed}", args.arch, config,
+                                         labels, estimate))
     return specs
 
 
 def arm_label(arm: str) -> str:
     """Returns the table label of an arm key."""
-    return "magnitude (β 0, γ 1)" if arm == MAGNITUDE else f"WeightMom γ {arm.removeprefix('weightmom_g')}"
+    base, distilled = arm.removesuffix("_distill"), arm.endswith("_distill")
+    label = "magnitude (β 0, γ 1)" if base == MAGNITUDE else f"WeightMom γ {base.removeprefix('weightmom_g')}"
+    return label + (" + distillation" if distilled else "")
 
 
 def _scale_line(records: Sequence[dict[str, Any]]) -> str:

@@ -70,9 +70,10 @@ def test_teacher_stays_frozen_while_the_student_trains(trained_cnn: TinyResNet, 
 def test_distill_config_forms() -> None:
     """`false` switches it off, `true` means the defaults, an object sets alpha and temperature."""
     assert FinetuneConfig.model_validate({"distill": False}).distill is False
-    assert FinetuneConfig.model_validate({"distill": True}).distill == DistillOptions(alpha=0.5, temperature=4.0)
+    on = FinetuneConfig.model_validate({"distill": True}).distill
+    assert on == DistillOptions(alpha=0.5, temperature=4.0)
     custom = FinetuneConfig.model_validate({"distill": {"alpha": 0.9, "temperature": 2.0}}).distill
     assert custom == DistillOptions(alpha=0.9, temperature=2.0)
     assert make_teacher(TinyResNet(), FinetuneConfig(distill=False)) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="alpha"):
         FinetuneConfig.model_validate({"distill": {"alpha": 1.5}})

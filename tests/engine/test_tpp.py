@@ -87,9 +87,12 @@ def test_default_schedule_is_the_authors_cifar_run_scaled_by_one_fiftieth() -> N
         2000, 200, 2, 2200)
     assert scaled.increment == pytest.approx(5e-3)
     tight = make_tpp_schedule(TppOptions(schedule="authors", stabilize_steps=1000), groups=30)
-    assert tight.zero_out_interval == 1 and tight.hold_steps == 30  # every group still zeroed in the hold
+    assert tight.zero_out_interval == 1
+    assert tight.hold_steps == 30
     adaptive = make_tpp_schedule(TppOptions(), groups=9)
-    assert adaptive.adaptive and adaptive.hold_steps == 18 and adaptive.max_steps == 2000 + 18
+    assert adaptive.adaptive
+    assert adaptive.hold_steps == 18
+    assert adaptive.max_steps == 2000 + 18
     assert adaptive.increment == pytest.approx(0.05)  # ten times the scaled staircase
     assert adaptive.lam(2000) == pytest.approx(10.0)  # grows past lambda_max while it must
     assert adaptive.gram_lambda(2.0) == 1.0  # the Gram weight stays at the authors' ceiling
@@ -122,13 +125,16 @@ def test_adaptive_ramp_stops_once_pruned_norms_are_negligible() -> None:
     hooks.on_ramp_end = lambda _, ratio: ratios.append(ratio)
     assert hooks.norm_ratio() > 1e-3
     _steps(hooks, model, 5)
-    assert hooks.ramp_end is None and not hooks.finished()
+    assert hooks.ramp_end is None
+    assert not hooks.finished()
     _shrink_pruned(hooks, 1e-4)
     assert hooks.norm_ratio() < 1e-3
     _steps(hooks, model, 4)
     assert hooks.ramp_end is None  # checked only when lambda is updated
     _steps(hooks, model, 1)
-    assert hooks.ramp_end == 10 and len(ratios) == 1 and ratios[0] < 1e-3
+    assert hooks.ramp_end == 10
+    assert len(ratios) == 1
+    assert ratios[0] < 1e-3
     assert hooks.lam(500) == hooks.lam(10)
     _steps(hooks, model, 3)
     assert not hooks.finished()
@@ -324,3 +330,34 @@ def test_gram_steps_are_bounded_on_stiff_narrow_layers() -> None:
     calm = torch.randn(16, 16, 3, 3) * 0.05
     small = 1000.0 * gram_grad(calm, (torch.arange(16) % 2).float())
     assert bounded_step(small, calm, lr=1e-3) is small
+
+
+def test_adaptive_default_zeroes_out_for_free(image_data: DatasetBundle, trained_cnn: TinyResNet) -> None:
+    """The adaptive schedule on a trained model (lambda grown 10x faster than the default, to keep the test
+    short): the ramp stops below the 1e-3 norm ratio before its cap, and the zero-out costs at most 1 point
+    (measured on the validation split); no warning."""
+    config = JobConfig(method="tpp", target=Target(pruning_ratio=0.5), seed=0,
+                       finetune=FinetuneConfig(epochs=0, batch_size=32, distill=False),
+                       options={"growth": 100})
+    report = TppMethod().run(_context(trained_cnn, image_data, config)).report
+    assert report["norm_ratio_at_zero_out"] < 1e-3
+    assert report["regularization_steps"] < report["schedule"]["max_steps"]
+    assert 0.0 <= abs(report["zero_out_cost"]) <= 0.01
+    assert report["accuracy_after_zero_out"] == report["accuracy_before_removal"]
+    assert report["warnings"] == []
+
+
+def test_a_costly_zero_out_warns_in_the_report_and_live_progress(image_data: DatasetBundle,
+                                                                 trained_cnn: TinyResNet) -> None:
+    """Zeroing at once (no regularization) costs accuracy: the report and every later progress event carry a
+    warning that says what to change."""
+    events: list[Progress] = []
+    config = JobConfig(method="tpp", target=Target(pruning_ratio=0.5), seed=0,
+                       finetune=FinetuneConfig(epochs=1, batch_size=32, distill=False),
+                       options={"max_reg_steps": 0})
+    report = TppMethod().run(_context(trained_cnn, image_data, config, on_progress=events.append)).report
+    assert report["regularization_steps"] == 0
+    assert report["zero_out_cost"] > 0.01
+    assert len(report["warnings"]) == 1
+    assert "max_reg_steps" in report["warnings"][0]
+    assert events[-1].warnings == tuple(report["warnings"])

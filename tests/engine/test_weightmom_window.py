@@ -33,7 +33,8 @@ def test_beta_from_the_interval_and_gamma_one() -> None:
     """beta = 1 - 1/interval as used (28 steps: 0.964, not 0.99) unless set; gamma 1 as in the spec;
     magnitude is (0, 1)."""
     beta, gamma = resolve_beta_gamma(WeightMomOptions(), 28)
-    assert beta == pytest.approx(1 - 1 / 28) and round(beta, 3) == 0.964
+    assert beta == pytest.approx(1 - 1 / 28)
+    assert round(beta, 3) == 0.964
     assert gamma == 1.0
     assert resolve_beta_gamma(WeightMomOptions(beta=0.9), 28)[0] == 0.9
     assert resolve_beta_gamma(MagnitudeOptions(), 28) == (0.0, 1.0)

@@ -151,9 +151,8 @@ def _channel_norms(weight: torch.Tensor, bias: torch.Tensor | None, is_norm: boo
 
 
 def norm_ratio(members: Sequence[_Regularized]) -> float:
-    """Returns the largest pruned-channel norm over the mean kept-channel norm, across every regularized
-    filter bank and BatchNorm: below ~1e-3 the zero-out no longer changes what the network computes (BN
-    rescales a shrunken filter's output back up, so its scale and shift must be small too)."""
+    """Returns the largest pruned-channel norm over its layer's mean kept-channel norm, across `members`:
+    below ~1e-3 the zero-out no longer changes what the network computes."""
     worst = 0.0
     for weight, bias, rows, keep, is_norm, _ in members:
         norms = _channel_norms(weight, bias, is_norm)
@@ -182,15 +181,24 @@ class TppHooks(StepHooks):
         self.ramp_end: int | None = None if schedule.adaptive else schedule.ramp_steps
         # (weight, bias, pruned row indices, keep mask m (N,), is_norm, gram) per regularized layer or BN.
         self._members: list[_Regularized] = []
-        for module, rows, is_norm in iter_members(self.plans, model):
-            weight, bias = _param(module, "weight"), _param(module, "bias")
-            if weight is None:  # a BN without affine: nothing to pull (the zero-out still applies)
-                continue
-            keep = torch.ones(weight.shape[0], device=weight.device)
-            keep[rows] = 0.0
-            gram = not is_norm and _shares_inputs(module)
-            pruned = torch.tensor(rows, device=weight.device)
-            self._members.append((weight, bias, pruned, keep, is_norm, gram))
+        # What decides a pruned channel's output, per group: its BatchNorms' (scale, shift) when it has
+        # any (BN rescales whatever is left of the filter, so the filter's own norm says nothing), else
+        # its filters. The adaptive ramp stops on these.
+        self._judged: list[_Regularized] = []
+        for plan in self.plans:
+            members: list[_Regularized] = []
+            for module, rows, is_norm in iter_members([plan], model):
+                weight, bias = _param(module, "weight"), _param(module, "bias")
+                if weight is None:  # a BN without affine: nothing to pull (the zero-out still applies)
+                    continue
+                keep = torch.ones(weight.shape[0], device=weight.device)
+                keep[rows] = 0.0
+                gram = not is_norm and _shares_inputs(module)
+                pruned = torch.tensor(rows, device=weight.device)
+                members.append((weight, bias, pruned, keep, is_norm, gram))
+            self._members += members
+            norms = [m for m in members if m[4]]
+            self._judged += norms or members
         self._zero_targets = [_zero_targets(model, plan) for plan in self.plans]
 
     def lam(self, step: int) -> float:
@@ -198,8 +206,8 @@ class TppHooks(StepHooks):
         return self.schedule.lam(step, self.ramp_end if self.schedule.adaptive else None)
 
     def norm_ratio(self) -> float:
-        """Returns the pruned/kept norm ratio of the regularized tensors now."""
-        return norm_ratio(self._members)
+        """Returns the pruned/kept norm ratio of what decides the pruned channels' outputs, now."""
+        return norm_ratio(self._judged)
 
     def after_backward(self, model: nn.Module, step: int) -> None:
         """Adds gram_weight*lambda*dL_gram/dW, lambda*W[p] (and bias) and lambda*gamma_p, lambda*beta_p."""
