@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import weakref
 import zipfile
+from array import array
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -114,7 +115,7 @@ def _index(files: list[tuple[Any, str, Split | None]], kind: str, seed: int) -> 
     first = _open(files[0][0])
     image_column, label_column = _columns(first.schema_arrow, files[0][1])
     names = _class_names(first.schema_arrow, label_column)
-    rows: list[tuple[int, int, int]] = []
+    rows = array("q")  # (file, row group, row) of each key, packed: 24 bytes per image
     source = ParquetSource([f for f, _, _ in files], [name for _, name, _ in files], image_column)
     builder = IndexBuilder(format=kind, source=source)
     classes = 0
@@ -131,7 +132,7 @@ def _index(files: list[tuple[Any, str, Split | None]], kind: str, seed: int) -> 
                     raise InvalidDataset(f"{where} has label {label}; labels must be 0..classes-1 (rows of "
                                          "an unlabeled test split cannot train)")
                 classes = max(classes, label + 1)
-                rows.append((f, g, r))
+                rows.extend((f, g, r))
                 cell = images[r].as_py()
                 data = cell.get("bytes") if isinstance(cell, dict) else None
                 try:
@@ -141,8 +142,8 @@ def _index(files: list[tuple[Any, str, Split | None]], kind: str, seed: int) -> 
                 except Unreadable:
                     builder.skip(where)
                     continue
-                builder.add(split, names[label] if names else str(label), len(rows) - 1, facts)
-    source.rows = np.array(rows, dtype=np.int64).reshape(-1, 3)
+                builder.add(split, names[label] if names else str(label), len(rows) // 3 - 1, facts)
+    source.rows = np.array(np.frombuffer(rows, dtype=np.int64) if rows else [], dtype=np.int64).reshape(-1, 3)
     return builder.finish(seed=seed, class_names=names or [str(i) for i in range(classes)])
 
 
