@@ -29,7 +29,6 @@ _SHAPE_OPS = frozenset({
     "Neg", "Not", "Or", "Range", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSum", "Reshape", "Slice",
     "Clip", "Pow", "Round", "Sign", "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze", "Where",
 })
-_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
 def infer_static(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -48,14 +47,20 @@ def infer_static(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> onnx.M
 
 
 def _weightless(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> onnx.ModelProto:
-    """Copies the model without large initializers' data (shapes need only their dims), input fixed."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for tensor in copy.graph.initializer:
-        if math.prod(tensor.dims) > SMALL:
-            for name in _DATA_FIELDS:
-                tensor.ClearField(name)  # type: ignore[arg-type]
-    del copy.graph.value_info[:]
+    """Copies the model's graph without large initializers' data (shapes need only their dims; the weights
+    are never copied, so a 1 GiB file costs no second GiB here), its input fixed to (1, *input_shape)."""
+    source_graph = model.graph
+    graph = onnx.GraphProto(name=source_graph.name)
+    graph.node.extend(source_graph.node)
+    graph.input.extend(source_graph.input)
+    graph.output.extend(source_graph.output)
+    for tensor in source_graph.initializer:
+        if math.prod(tensor.dims) <= SMALL:
+            graph.initializer.append(tensor)
+        else:  # name, type and dims only
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    copy = onnx.ModelProto(ir_version=model.ir_version, graph=graph)
+    copy.opset_import.extend(model.opset_import)
     initializers = {t.name for t in copy.graph.initializer}
     source = next(i for i in copy.graph.input if i.name not in initializers)
     dims = source.type.tensor_type.shape.dim
