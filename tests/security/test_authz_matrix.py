@@ -19,11 +19,11 @@ import pytest
 from fastapi import FastAPI
 
 from service.api.app import create_app
-from service.db.models import Job, new_job_id, utcnow
+from service.db.models import InputFile, Job, new_job_id, utcnow
 from service.db.session import session_scope
 from service.jobs import repository
 from service.settings import Settings
-from service.storage.keys import ARTIFACT_NAMES, artifact_key, input_key
+from service.storage.keys import ARTIFACT_NAMES, artifact_key, input_key, stored_input_key
 from tests.security.conftest import FIGURES, SecureApi
 from tests.security.uploads import CONFIG
 
@@ -39,6 +39,9 @@ class Recipe:
     params: dict[str, str] = field(default_factory=dict)
     upload: bool = False
     dataset_file: bool = False  # POST /datasets/validate: one multipart `file`
+    stored: str | None = None  # the owner's stored input ("model" or "dataset") it acts on, as {input_id}
+    store_file: str | None = None  # POST /models or /datasets: one multipart `file` of this kind
+    real_inputs: bool = False  # the planted job's inputs are real files (a rerun checks them)
 
 
 RECIPES: dict[tuple[str, str], Recipe] = {
@@ -52,6 +55,15 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("POST", "/jobs/{job_id}/cancel"): Recipe("queued"),
     ("GET", "/jobs/{job_id}/events"): Recipe("succeeded"),  # SSE; a finished job's stream ends at once
     ("POST", "/datasets/validate"): Recipe(dataset_file=True),  # tenant-free facts, but keyed: it costs work
+    ("POST", "/jobs/{job_id}/rerun"): Recipe("succeeded", real_inputs=True),
+    ("POST", "/models"): Recipe(store_file="model"),
+    ("GET", "/models"): Recipe(),
+    ("GET", "/models/{input_id}"): Recipe(stored="model"),
+    ("DELETE", "/models/{input_id}"): Recipe(stored="model"),
+    ("POST", "/datasets"): Recipe(store_file="dataset"),
+    ("GET", "/datasets"): Recipe(),
+    ("GET", "/datasets/{input_id}"): Recipe(stored="dataset"),
+    ("DELETE", "/datasets/{input_id}"): Recipe(stored="dataset"),
 }
 # Operations that need no key: probes and Prometheus metrics (operator data, no tenant's jobs).
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
@@ -100,12 +112,12 @@ def app_of(api: SecureApi) -> FastAPI:
     return app
 
 
-def plant_job(api: SecureApi, tenant: str, status: str) -> str:
+def plant_job(api: SecureApi, tenant: str, status: str, real_inputs: bool = False) -> str:
     """Inserts a job of `tenant` in `status` with its stored inputs (and outputs when succeeded)."""
     job_id = new_job_id()
     store = api.context.store
     for kind in ("model", "dataset"):
-        store.put_stream(input_key(tenant, job_id, kind), [b"input"])
+        store.put_stream(input_key(tenant, job_id, kind), [input_bytes(kind) if real_inputs else b"input"])
     if status == "succeeded":
         for name in ARTIFACT_NAMES:
             store.put_stream(artifact_key(tenant, job_id, name), [b'{"ok": true}'])
@@ -116,6 +128,31 @@ def plant_job(api: SecureApi, tenant: str, status: str) -> str:
     with session_scope(api.context.jobs.sessions) as session:
         repository.create_job(session, job=job)
     return job_id
+
+
+def input_bytes(kind: str) -> bytes:
+    """A real, small model (ONNX) or dataset (.npz) file."""
+    from tests.security.uploads import linear_onnx, npz_dataset
+
+    return linear_onnx().SerializeToString() if kind == "model" else npz_dataset()
+
+
+def plant_input(api: SecureApi, tenant: str, kind: str) -> str:
+    """Inserts a stored model or dataset of `tenant` with bytes of its own (no twin); returns its id."""
+    input_id = new_job_id()
+    size, sha256 = api.context.store.put_stream(stored_input_key(tenant, input_id), [input_id.encode()])
+    row = InputFile(id=input_id, tenant=tenant, kind=kind, sha256=sha256, bytes=size,
+                    format="onnx" if kind == "model" else "npz")
+    with session_scope(api.context.jobs.sessions) as session:
+        session.add(row)
+    return input_id
+
+
+def input_state(api: SecureApi, input_id: str) -> tuple[str, str] | None:
+    """Returns (tenant, kind) of a stored input whatever its tenant, None when it does not exist."""
+    with session_scope(api.context.jobs.sessions) as session:
+        row = session.get(InputFile, input_id)
+        return None if row is None else (row.tenant, row.kind)
 
 
 def job_state(api: SecureApi, job_id: str) -> tuple[str, str] | None:
@@ -129,7 +166,10 @@ async def call(api: SecureApi, key: tuple[str, str], principal: str, job_id: str
     """Calls one operation as one principal, on `job_id` when the operation names a job."""
     method, path = key
     recipe = RECIPES[key]
-    url = path.format(job_id=job_id, **recipe.params)
+    url = path.format(job_id=job_id, input_id=job_id, **recipe.params)
+    if recipe.store_file:
+        files = {"file": ("f.bin", input_bytes(recipe.store_file))}
+        return await api.client.post(url, files=files, headers=api.auth(principal))
     if recipe.dataset_file:
         from tests.security.uploads import npz_dataset
 
@@ -152,7 +192,9 @@ def _shape(response: httpx.Response, job_id: str) -> tuple[int, str]:
 async def check_cell(api: SecureApi, key: tuple[str, str], principal: str) -> tuple[int, bool]:
     """Calls one operation as one principal and checks the answer; returns (status, cross-tenant 2xx)."""
     recipe = RECIPES[key]
-    job_id = plant_job(api, "acme", recipe.job_status) if recipe.job_status else None
+    job_id = plant_job(api, "acme", recipe.job_status, recipe.real_inputs) if recipe.job_status else None
+    if recipe.stored:  # the owner's stored input stands where a job would
+        job_id = plant_input(api, "acme", recipe.stored)
     response = await call(api, key, principal, job_id)
     status = response.status_code
     label = f"{key} as {principal}: {status} {response.text[:200]}"
@@ -166,10 +208,20 @@ async def check_cell(api: SecureApi, key: tuple[str, str], principal: str) -> tu
         missing = str(uuid.uuid4())
         assert _shape(response, job_id) == _shape(await call(api, key, principal, missing), missing), label
         assert status == 404, label
-        assert job_state(api, job_id) == ("acme", recipe.job_status), f"{label}: the job changed"
+        if recipe.stored:
+            assert input_state(api, job_id) == ("acme", recipe.stored), f"{label}: the input changed"
+        else:
+            assert job_state(api, job_id) == ("acme", recipe.job_status), f"{label}: the job changed"
         return status, 200 <= status < 300
     elif key == ("POST", "/datasets/validate"):  # any tenant may check its own file
         assert status == 200, label
+    elif recipe.store_file:  # another tenant's upload becomes its own stored input
+        assert status in (200, 201), label
+        assert input_state(api, response.json()["id"]) == ("globex", recipe.store_file), label
+    elif key in (("GET", "/models"), ("GET", "/datasets")):  # only the caller's own stored inputs
+        assert status == 200, label
+        owners = {(input_state(api, item["id"]) or ("?",))[0] for item in response.json()["items"]}
+        assert owners <= {"globex"}, label
     elif key == ("GET", "/jobs"):  # another tenant's listing holds only its own jobs
         assert status == 200, label
         assert {job_state(api, job["id"]) for job in response.json()["jobs"]} <= {("globex", "queued")}, label
