@@ -33,6 +33,9 @@ CLIENT_COMMANDS: dict[str, str] = {
     "delete": "delete a finished job and its files",
     "report": "show a succeeded job's report as a before/after table",
     "events": "follow a job's progress events until it ends",
+    "upload": "store a model or dataset once (upload model|dataset FILE) and print its id for jobs",
+    "inputs": "list your stored models or datasets (inputs model|dataset), or --delete ID",
+    "rerun": "rerun a succeeded job on its inputs and resolved config; its report says what matched",
     "sweep": "start a sweep of targets on stored inputs, or show one (sweep status ID) with its Pareto front",
 }
 

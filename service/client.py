@@ -1,4 +1,5 @@
-"""A small typed client for Secateur's HTTP API: submit, watch, list, download, cancel and delete jobs.
+"""A small typed client for Secateur's HTTP API: submit, watch, list, download, cancel, rerun and delete jobs;
+store models and datasets once and name them by id.
 
 It imports no server code (only httpx), so a user can copy it next to a notebook. Uploads and downloads
 are streamed: a multi-GB dataset is never held in memory.
@@ -11,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ __all__ = [
     "Progress",
     "SecateurClient",
     "SseEvent",
+    "StoredFile",
+    "is_input_id",
     "iter_sse",
 ]
 
@@ -98,6 +102,34 @@ class Job:
     def terminal(self) -> bool:
         """True once the job can no longer change (succeeded, failed or cancelled)."""
         return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A stored model or dataset (`POST /models`, `POST /datasets`); `created` is False for a twin."""
+
+    id: str
+    sha256: str
+    bytes: int
+    format: str
+    created_at: str
+    created: bool = True
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], created: bool = True) -> StoredFile:
+        """Builds a StoredFile from the API's answer."""
+        return cls(id=str(data["id"]), sha256=str(data["sha256"]), bytes=int(data["bytes"]),
+                   format=str(data["format"]), created_at=str(data["created_at"]), created=created)
+
+
+def is_input_id(value: str | os.PathLike[str]) -> bool:
+    """Tells a stored input's id (a canonical UUID that is not also a file here) from a file path."""
+    text = os.fspath(value)
+    try:
+        canonical = str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+    return canonical and not Path(text).exists()
 
 
 @dataclass(frozen=True)
@@ -221,8 +253,16 @@ class SecateurClient:
         config: dict[str, Any],
         idempotency_key: str | None = None,
     ) -> Job:
-        """Uploads a model and a dataset with a job config (multipart, streamed from disk); returns it."""
+        """Submits a job; the model and the dataset are each a stored input's id or a file path.
+
+        Two files go up with the job (multipart, streamed from disk). When either is an id, the other
+        file is stored first (`POST /models` or `/datasets`) and the job names both by id (JSON).
+        """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if is_input_id(model_path) or is_input_id(dataset_path):
+            body = {"model_id": self._input_id("model", model_path),
+                    "dataset_id": self._input_id("dataset", dataset_path), "config": config}
+            return Job.from_json(self._request("POST", "/jobs", json=body, headers=headers).json())
         model, dataset = Path(model_path), Path(dataset_path)
         # httpx reads file objects in chunks and sizes them with fstat: the files are never loaded whole.
         with model.open("rb") as model_file, dataset.open("rb") as dataset_file:
@@ -234,6 +274,34 @@ class SecateurClient:
                 "POST", "/jobs", files=files, data={"config": json.dumps(config)}, headers=headers,
             )
         return Job.from_json(response.json())
+
+    def _input_id(self, kind: str, value: str | os.PathLike[str]) -> str:
+        """Returns a stored input's id as given, or stores the file and returns its id."""
+        return os.fspath(value) if is_input_id(value) else self.upload(kind, value).id
+
+    def upload(self, kind: str, path: str | os.PathLike[str]) -> StoredFile:
+        """Stores a model or dataset file for reuse by id (streamed); the same bytes return the first id."""
+        if kind not in ("model", "dataset"):
+            raise ValueError(f"unknown kind {kind!r}; choose model or dataset")
+        file = Path(path)
+        with file.open("rb") as stream:
+            files = {"file": (file.name, stream, "application/octet-stream")}
+            response = self._request("POST", f"/{kind}s", files=files)
+        return StoredFile.from_json(response.json(), created=response.status_code == 201)
+
+    def stored(self, kind: str, limit: int = 100) -> list[StoredFile]:
+        """Lists the caller's stored models or datasets, newest first."""
+        items = self._request("GET", f"/{kind}s", params={"limit": limit}).json()["items"]
+        return [StoredFile.from_json(item) for item in items]
+
+    def delete_stored(self, kind: str, input_id: str) -> None:
+        """Deletes a stored model or dataset (409 `in_use` while an unfinished job names it)."""
+        self._request("DELETE", f"/{kind}s/{input_id}")
+
+    def rerun(self, job_id: str, idempotency_key: str | None = None) -> Job:
+        """Reruns a succeeded job on its inputs and resolved config; its report says what was reproduced."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Job.from_json(self._request("POST", f"/jobs/{job_id}/rerun", headers=headers).json())
 
     def get(self, job_id: str) -> Job:
         """Fetches one job."""

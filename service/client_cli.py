@@ -1,4 +1,5 @@
-"""`secateur submit|status|jobs|download|cancel|delete|report|events`: the HTTP API's command-line client.
+"""`secateur submit|status|jobs|download|cancel|delete|report|events|upload|inputs|rerun`: the HTTP API's
+command-line client.
 
 Every command takes `--url` and `--api-key` (else SECATEUR_URL / SECATEUR_API_KEY) and `--json`.
 Results go to stdout, progress and errors to stderr, so `ID=$(secateur submit ...)` captures just the job
@@ -75,23 +76,69 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    """Uploads a model and dataset as a new job; prints its id or JSON (and follows it with --wait)."""
-    config = build_config(args)
-    if "method" not in config:
-        print("error: invalid_config: give --method or a --config file with a method", file=sys.stderr)
-        return EXIT_FAILED
-    with _client(args) as client:
-        job = client.submit(args.model, args.dataset, config, idempotency_key=args.idempotency_key)
-        if args.wait:
-            if not args.json:
-                print(job.id, flush=True)
-            return _wait(client, job.id, args.json)
+def _queued(client: SecateurClient, job: Job, args: argparse.Namespace) -> int:
+    """Prints a new job's id or JSON, or follows it to its end with --wait; returns the exit code."""
+    if args.wait:
+        if not args.json:
+            print(job.id, flush=True)
+        return _wait(client, job.id, args.json)
     if args.json:
         _print_json(job.raw)
     else:
         print(job.id)
     return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submits a job on a model and dataset (files, or stored ids); prints its id or JSON (--wait follows)."""
+    config = build_config(args)
+    if "method" not in config:
+        print("error: invalid_config: give --method or a --config file with a method", file=sys.stderr)
+        return EXIT_FAILED
+    model, dataset = args.model_opt or args.model, args.dataset_opt or args.dataset
+    if model is None or dataset is None:
+        print("error: invalid_input: give a model and a dataset (files or stored ids)", file=sys.stderr)
+        return EXIT_FAILED
+    with _client(args) as client:
+        job = client.submit(model, dataset, config, idempotency_key=args.idempotency_key)
+        return _queued(client, job, args)
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Stores a model or dataset file for reuse by id; prints the id (the first one for the same bytes)."""
+    with _client(args) as client:
+        stored = client.upload(args.kind, args.file)
+    if args.json:
+        _print_json(vars(stored))
+        return EXIT_OK
+    if not stored.created:
+        print(f"already stored: the same bytes as {args.kind} {stored.id}", file=sys.stderr)
+    print(stored.id)
+    return EXIT_OK
+
+
+def cmd_inputs(args: argparse.Namespace) -> int:
+    """Lists the stored models or datasets, newest first; `--delete ID` deletes one."""
+    with _client(args) as client:
+        if args.delete:
+            client.delete_stored(args.kind, args.delete)
+            deleted = {"id": args.delete, "deleted": True}
+            print(json.dumps(deleted) if args.json else f"{args.delete}  deleted")
+            return EXIT_OK
+        items = client.stored(args.kind, limit=args.limit)
+    if args.json:
+        _print_json({"items": [vars(item) for item in items]})
+        return EXIT_OK
+    for item in items:
+        when, digest = item.created_at[:19], item.sha256[:12]
+        print(f"{item.id}  {when:19}  {item.format:<12} {item.bytes:>12} B  {digest}")
+    return EXIT_OK
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Reruns a succeeded job on its inputs and resolved config; prints the new job (--wait follows it)."""
+    with _client(args) as client:
+        return _queued(client, client.rerun(args.job_id, idempotency_key=args.idempotency_key), args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -230,8 +277,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         return parser
 
     p = command("submit", cmd_submit)
-    p.add_argument("model", help="ONNX model or safetensors weights")
-    p.add_argument("dataset", help=".npz or image-folder archive (.zip, .tar.gz)")
+    p.add_argument("model", nargs="?", help="ONNX model or safetensors weights, or a stored model's id")
+    p.add_argument("dataset", nargs="?", help=".npz or image-folder archive (.zip, .tar.gz), or a stored id")
+    p.add_argument("--model", dest="model_opt", metavar="ID|PATH", help="the model (or MODEL)")
+    p.add_argument("--dataset", dest="dataset_opt", metavar="ID|PATH", help="the dataset (or DATASET)")
     p.add_argument("--method", choices=("weightmom", "tpp", "magnitude", "l1"))
     p.add_argument("--architecture", help="architecture of safetensors weights, e.g. resnet56")
     target = p.add_mutually_exclusive_group()
@@ -242,6 +291,20 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--config", help="JSON job config; the flags above override its fields")
     p.add_argument("--idempotency-key", help="resubmitting with the same key returns the same job")
     p.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+
+    p = command("upload", cmd_upload)
+    p.add_argument("kind", choices=("model", "dataset"))
+    p.add_argument("file", help="the file to store; jobs then name it by the printed id")
+
+    p = command("inputs", cmd_inputs)
+    p.add_argument("kind", choices=("model", "dataset"))
+    p.add_argument("--limit", type=int, default=100, help="how many to list (1-1000)")
+    p.add_argument("--delete", metavar="ID", help="delete this stored input (refused while a job uses it)")
+
+    p = command("rerun", cmd_rerun)
+    p.add_argument("job_id")
+    p.add_argument("--idempotency-key", help="rerunning with the same key returns the same job")
+    p.add_argument("--wait", action="store_true", help="follow the rerun until it ends")
 
     p = command("status", cmd_status)
     p.add_argument("job_id")
