@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     webhook_retry_for_s: float = Field(default=3 * 24 * 3600.0, gt=0)  # then the delivery is `failed`
 
     # Pre-flight (POST /preflight): the engine checks a model in a sandboxed child, answered, not queued.
-    preflight_timeout_s: float = Field(default=60.0, gt=0)  # wall clock, whole child
+    preflight_timeout_s: float = Field(default=120.0, gt=0)  # wall clock, whole child
     preflight_memory_bytes: int = Field(default=8192 * _MiB, ge=256 * _MiB)  # RLIMIT_AS (torch maps a lot)
     preflight_threads: int = Field(default=2, ge=1)  # torch threads of the child
 
