@@ -64,7 +64,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, fault: Fault) -> list[JobConfig]:
     calls: list[JobConfig] = []
 
     def engine(model: Path, dataset: Path, config: JobConfig, out_dir: Path, settings: Settings,
-               progress: ProgressWriter, checkpoints: Any) -> dict[str, Any]:
+               progress: ProgressWriter, checkpoints: Any, shared: Any = None) -> dict[str, Any]:
         """The real `_compress`, with the fault around its progress callback."""
         calls.append(config)
 
@@ -74,7 +74,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, fault: Fault) -> list[JobConfig]:
             fault(event, len(calls))
 
         return compress(model_path=model, dataset_path=dataset, config=config, out_dir=out_dir,
-                        on_progress=on_progress, checkpoints=checkpoints).report
+                        on_progress=on_progress, checkpoints=checkpoints, baseline_cache=shared).report
 
     monkeypatch.setattr(runner, "_compress", engine)
     return calls
