@@ -1,4 +1,4 @@
-"""Webhooks: private targets refused at submit, one signed delivery per finished job, backoff, bounded retry."""
+"""Webhooks: private targets refused at submit, one signed delivery per finished job, bounded backoff."""
 
 from __future__ import annotations
 
@@ -119,16 +119,19 @@ async def test_a_finished_job_is_delivered_once_signed_and_logged(make_api: Call
         assert sender(api, receiver).sweep() == 1
         assert sender(api, receiver).sweep() == 0
         [(url, body, headers)] = receiver.calls
-        assert url == HOOK and verify(SECRET, headers[HEADER], body)
+        assert url == HOOK
+        assert verify(SECRET, headers[HEADER], body)
         assert headers["Secateur-Event"] == "job.cancelled"
         sent = json.loads(body)
-        assert sent["id"] == job_id and sent["status"] == "cancelled"
+        assert sent["id"] == job_id
+        assert sent["status"] == "cancelled"
         assert sent == (await api.client.get(f"/jobs/{job_id}")).json()  # exactly the job's JSON
         log = (await api.client.get(f"/jobs/{job_id}/deliveries")).json()
         assert log["webhook_url"] == HOOK
         [delivery] = log["deliveries"]
         assert delivery["id"] == headers["Secateur-Delivery"]
-        assert (delivery["state"], delivery["attempts"], delivery["log"][0]["status"]) == ("delivered", 1, 200)
+        assert (delivery["state"], delivery["attempts"]) == ("delivered", 1)
+        assert delivery["log"][0]["status"] == 200
 
 
 async def test_failures_back_off_exponentially_then_give_up(make_api: Callable[..., Any]) -> None:
