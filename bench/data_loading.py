@@ -2,7 +2,7 @@
 archive grows?
 
     python -m bench.data_loading throughput [--gigabytes 0.2] [--steps 12] [--batch-size 32]
-    python -m bench.data_loading rss [--gigabytes 2 10] [--steps 30]
+    python -m bench.data_loading rss [--gigabytes 2 20] [--steps 30] [--tmp DIR]
 
 Archives are generated: an ImageNet-style stored ZIP (`train/<class>/<n>.jpg`, 10 classes, no val/) of
 photo-like JPEGs of ImageNet's typical size (~500x375, ~65 KB), drawn from a pool of distinct images
@@ -25,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -44,8 +45,33 @@ CLASSES = 10
 _POOL = 64  # distinct JPEGs the archive repeats
 
 
-def generate_archive(path: Path, gigabytes: float, seed: int = 0) -> int:
-    """Writes an ImageNet-style stored ZIP of about `gigabytes` GB; returns the number of images."""
+def generate_archive(path: Path, gigabytes: float, seed: int = 0, kind: str = "zip") -> int:
+    """Writes an ImageNet-style stored ZIP (or a .tar.gz) of about `gigabytes` GB; returns the image count."""
+    pool = _jpeg_pool(seed)
+    target, written, n = gigabytes * 1e9, 0, 0
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            while written < target:
+                zf.writestr(_member_name(n), pool[n % _POOL])
+                written, n = written + len(pool[n % _POOL]), n + 1
+        return n
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        while written < target:
+            data = pool[n % _POOL]
+            info = tarfile.TarInfo(_member_name(n))
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+            written, n = written + len(data), n + 1
+    return n
+
+
+def _member_name(n: int) -> str:
+    """Returns image n's path: train/<class>/<n>.jpg, classes taking turns."""
+    return f"train/class{n % CLASSES:02d}/{n:08d}.jpg"
+
+
+def _jpeg_pool(seed: int) -> list[bytes]:
+    """Returns _POOL distinct photo-like JPEGs of ImageNet's typical size (smooth colour plus grain)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -58,13 +84,7 @@ def generate_archive(path: Path, gigabytes: float, seed: int = 0) -> int:
         buf = io.BytesIO()
         Image.fromarray(photo).save(buf, format="JPEG", quality=90)
         pool.append(buf.getvalue())
-    target, written, n = gigabytes * 1e9, 0, 0
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        while written < target:
-            data = pool[n % _POOL]
-            zf.writestr(f"train/class{n % CLASSES:02d}/{n:08d}.jpg", data)
-            written, n = written + len(data), n + 1
-    return n
+    return pool
 
 
 def _bundle(path: Path, size: int) -> Any:
@@ -137,8 +157,12 @@ def rss_child(path: Path, steps: int) -> dict[str, Any]:
     indexed = time.perf_counter() - t
     epoch = _train(bundle, steps, 32)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    index = bundle.index
+    samples = sum(a.nbytes for a in (*index.train, *index.val))
     return {"peak_rss_mib": peak_kib / 1024, "index_s": indexed, "train_images_per_s": epoch["images_per_s"],
-            "val_images": bundle.val_samples, "steps": steps}
+            "val_images": bundle.val_samples, "steps": steps, "index": "packed",
+            "index_bytes_per_image": (index.source.nbytes + samples) / (bundle.train_samples
+                                                                         + bundle.val_samples)}
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
@@ -154,9 +178,12 @@ def table(records: Sequence[dict[str, Any]]) -> str:
     sizes = [r for r in records if r["bench"] == "rss"]
     if sizes:
         out.append(markdown(
-            ["archive", "images", "index s", "peak RSS (MiB)", "training images/s (64 px)"],
-            [[f"{r['gigabytes']:.1f} GB", str(r["images"]), f"{r['index_s']:.1f}", f"{r['peak_rss_mib']:.0f}",
-              f"{r['train_images_per_s']:.1f}"] for r in sizes]))
+            ["archive", "images", "index", "index bytes/image", "index s", "peak RSS (MiB)",
+             "training images/s (64 px)"],
+            [[f"{r['gigabytes']:.1f} GB", str(r["images"]), r.get("index", "zipfile's ZipInfo list (before)"),
+              f"{r['index_bytes_per_image']:.0f}" if "index_bytes_per_image" in r else "~900",
+              f"{r['index_s']:.1f}", f"{r['peak_rss_mib']:.0f}", f"{r['train_images_per_s']:.1f}"]
+             for r in sizes]))
     return "\n".join(out)
 
 
@@ -169,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--steps", type=int, default=12)
     t.add_argument("--batch-size", type=int, default=32)
     r = sub.add_parser("rss")
-    r.add_argument("--gigabytes", type=float, nargs="+", default=[2.0, 10.0])
+    r.add_argument("--gigabytes", type=float, nargs="+", default=[2.0, 20.0])
     r.add_argument("--steps", type=int, default=30)
     r.add_argument("--tmp", type=Path, default=None, help="where the archives are generated")
     c = sub.add_parser("rss-child")

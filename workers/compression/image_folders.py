@@ -64,6 +64,12 @@ class ArchiveSource:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    @property
+    def nbytes(self) -> int:
+        """Returns the bytes its packed arrays hold (what the index costs beyond the sample lists)."""
+        columns = (self.offsets, self.sizes, self.stored, self.crcs, self.methods, self.name_ends)
+        return sum(column.itemsize * len(column) for column in columns) + len(self.names)
+
     def add(self, member: Member) -> int:
         """Records where `member` lies; returns its key."""
         self.offsets.append(member.offset)
