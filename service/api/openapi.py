@@ -51,13 +51,34 @@ _ERROR_EXAMPLES: dict[str, tuple[str, str]] = {
     "404": ("not_found", "no job 7c9e6679-7425-40de-944b-e07fc1f90ae7"),
     "409": ("not_ready", "job 7c9e6679-7425-40de-944b-e07fc1f90ae7 is running; its report exists once it "
                          "has succeeded"),
+    "408": ("request_timeout", "no part of the request body arrived for 30 s; send it without pauses"),
     "413": ("payload_too_large", "the request body is larger than the limit of 4294967296 bytes"),
     "415": ("unsupported_model_format", "this model file is a Python pickle (torch.save / .pt / .pth)"),
     "422": ("invalid_config", "invalid config: target: method 'l1' takes a target of ['flops_reduction', "
                               "'pruning_ratio'], not 'sparsity'"),
     "429": ("rate_limited", "too many job submissions; retry in 12 s"),
     "503": ("database_unavailable", "the database is unavailable; retry shortly"),
+    "507": ("insufficient_storage", "the server has no disk space left for this request; nothing was kept. "
+                                    "Retry later"),
 }
+# What service/api/request_guard.py may answer for any operation that takes a body, before the route runs.
+_GUARD_ANSWERS = {
+    "400": "the body is malformed, or a JSON body is past a bound (invalid_json: depth, number size, NaN)",
+    "408": "the body stopped arriving for longer than the body read timeout (request_timeout)",
+    "413": "the body is larger than its limit (payload_too_large)",
+}
+
+
+def _guard_answers(doc: dict[str, Any]) -> None:
+    """Documents the request guard's refusals on every operation that takes a request body."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            if "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, description in _GUARD_ANSWERS.items():
+                responses.setdefault(status, {"description": description, "content": {
+                    "application/json": {"schema": {"$ref": _ERROR_REF}}}})
 
 
 def _error_answers(doc: dict[str, Any]) -> None:
@@ -111,6 +132,7 @@ def install_openapi(app: FastAPI) -> None:
         """Builds and corrects the document on first use; returns the cached one after."""
         if app.openapi_schema is None:
             doc = build()  # FastAPI's own, cached by it in app.openapi_schema: corrected in place
+            _guard_answers(doc)
             _error_answers(doc)
             _add_config_schemas(doc)
             doc["components"]["schemas"]["JobOut"]["examples"] = [JOB_EXAMPLE]  # nulls kept (see above)

@@ -60,7 +60,8 @@ class DatasetFacts(BaseModel):
 
 
 @router.post("/validate", response_model=DatasetFacts, openapi_extra=_UPLOAD_OPENAPI,
-             responses={status: {"model": ErrorBody} for status in (400, 401, 413, 415, 422, 503)})
+             responses={status: {"model": ErrorBody}
+                        for status in (400, 401, 404, 408, 413, 415, 422, 429, 503, 507)})
 async def validate_dataset(request: Request, context: ContextDep, tenant: TenantDep) -> DatasetFacts:
     """Checks an uploaded dataset in seconds: format, classes, counts per class and split, image sizes,
     unreadable files and warnings. Nothing is stored. Names (classes, files) longer than 200 characters are

@@ -70,7 +70,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=202, response_model=JobOut, openapi_extra=_UPLOAD_OPENAPI,
-             responses=_errors(400, 401, 403, 409, 413, 415, 422, 429, 503))
+             responses=_errors(400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 503, 507))
 async def create_job(
     request: Request,
     response: Response,
