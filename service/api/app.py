@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from service.api.deps import AppContext
 from service.api.errors import install_error_handlers
 from service.api.openapi import install_openapi
+from service.api.request_guard import RequestGuard
 from service.api.routes_dashboard import router as dashboard_router
 from service.api.routes_datasets import router as datasets_router
 from service.api.routes_events import router as events_router
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events_router)
     app.include_router(health_router)
     app.include_router(dashboard_router)
+    app.add_middleware(RequestGuard, settings=context.settings)  # body read timeouts, bounded JSON bodies
     install_metrics(app)  # GET /metrics and the HTTP latency middleware
     install_openapi(app)  # our error shape and the job config's schema in /openapi.json
     return app
