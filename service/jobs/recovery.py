@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
+from service.bounds import bounded
 from service.db.models import Job, JobEvent, utcnow
 from service.jobs.states import ACTIVE, TERMINAL
 
@@ -69,7 +70,8 @@ def end_lost(session: Session, *, job_id: str, epoch: int, status: str, cutoff: 
         raise ValueError(f"end_lost needs a terminal status, not {new_status!r}")
     now = utcnow()
     stmt = update(Job).where(_lost(job_id, epoch, status, cutoff)).values(
-        status=new_status, error_code=error_code, error_message=error_message, finished_at=now,
+        status=new_status, error_code=error_code,
+        error_message=None if error_message is None else bounded(error_message), finished_at=now,
         updated_at=now)
     return _changed(session, stmt) == 1
 
