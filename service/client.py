@@ -23,6 +23,7 @@ import httpx
 
 __all__ = [
     "ARTIFACT_NAMES",
+    "PREFLIGHT_TIMEOUT_S",
     "TERMINAL_STATUSES",
     "ApiError",
     "Job",
@@ -38,6 +39,7 @@ __all__ = [
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 ARTIFACT_NAMES = ("model.onnx", "model.onnx.zst", "report.json")
 _CHUNK = 1 << 20
+PREFLIGHT_TIMEOUT_S = 180.0  # the server gives its pre-flight child 120 s, plus the upload
 # Bounds on the server-suggested poll interval: never hammer the API, never look frozen to the user.
 _MIN_POLL_S, _MAX_POLL_S = 0.2, 30.0
 
@@ -288,6 +290,27 @@ class SecateurClient:
             files = {"file": (file.name, stream, "application/octet-stream")}
             response = self._request("POST", f"/{kind}s", files=files)
         return StoredFile.from_json(response.json(), created=response.status_code == 201)
+
+    def preflight(self, model: str | os.PathLike[str], config: dict[str, Any], *,
+                  dataset: str | os.PathLike[str] | None = None,
+                  targets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Asks in seconds whether a job can run and what it would give (`POST /preflight`). The model and
+        the optional dataset are each a stored input's id or a file path; when either is an id, a file given
+        for the other is stored first and both go by id. A model no job could prune is an ApiError."""
+        if is_input_id(model) or (dataset is not None and is_input_id(dataset)):
+            body: dict[str, Any] = {"model_id": self._input_id("model", model), "config": config,
+                                    "targets": targets or []}
+            if dataset is not None:
+                body["dataset_id"] = self._input_id("dataset", dataset)
+            return dict(self._request("POST", "/preflight", json=body, timeout=PREFLIGHT_TIMEOUT_S).json())
+        data = {"config": json.dumps(config), **({"targets": json.dumps(targets)} if targets else {})}
+        with contextlib.ExitStack() as files_open:
+            files = {kind: (Path(path).name, files_open.enter_context(Path(path).open("rb")),
+                            "application/octet-stream")
+                     for kind, path in (("model", model), ("dataset", dataset)) if path is not None}
+            response = self._request("POST", "/preflight", files=files, data=data,
+                                     timeout=PREFLIGHT_TIMEOUT_S)
+        return dict(response.json())
 
     def stored(self, kind: str, limit: int = 100) -> list[StoredFile]:
         """Lists the caller's stored models or datasets, newest first."""

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from torch import nn
 
+from service.client import ApiError, SecateurClient
 from service.db.session import session_scope
 from service.jobs import repository
 from tests.engine.model_files import export_onnx
 from tests.service.conftest import npz_dataset, safetensors_model
-from tests.service.live import FakeWorker
+from tests.service.live import FakeWorker, serve
 from workers.compression.preflight_verdict import PASSED
 
 pytestmark = pytest.mark.anyio
@@ -87,3 +88,14 @@ async def test_metrics_count_jobs_that_failed_after_passing_preflight(make_api: 
     assert 'secateur_jobs_preflight_total{result="passed"} 2.0' in text
     assert 'secateur_jobs_failed_after_preflight_total{code="invalid_config"} 1.0' in text
     assert 'secateur_jobs_failed_after_preflight_total{code="export_mismatch"} 0.0' in text
+
+
+def test_the_client_preflights_a_stored_model_by_id(tmp_path: Path) -> None:
+    """SecateurClient.preflight with a stored model's id: JSON to the route, the engine's refusal back."""
+    model = export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), tmp_path / "c.onnx", (3, 2, 2))
+    with serve(tmp_path / "server", validate_uploads=False) as live, SecateurClient(live.url) as client:
+        stored = client.upload("model", model)
+        with pytest.raises(ApiError) as refused:
+            client.preflight(stored.id, {"method": "tpp", "target": {"pruning_ratio": 0.5}})
+    assert (refused.value.status, refused.value.code) == (422, "invalid_config")
+    assert "no channel group that tpp can prune" in refused.value.message
