@@ -94,7 +94,8 @@ def test_default_schedule_is_the_authors_cifar_run_scaled_by_one_fiftieth() -> N
     assert adaptive.hold_steps == 18
     assert adaptive.max_steps == 2000 + 18
     assert adaptive.increment == pytest.approx(0.05)  # ten times the scaled staircase
-    assert adaptive.lam(2000) == pytest.approx(10.0)  # grows past lambda_max while it must
+    assert [adaptive.lam(t) for t in (190, 200, 300, 400)] == pytest.approx([0.95, 1.0, 2.0, 4.0])
+    assert adaptive.lam(2000) == 1000.0  # doubles past lambda_max while it must, up to the stable ceiling
     assert adaptive.gram_lambda(2.0) == 1.0  # the Gram weight stays at the authors' ceiling
 
 

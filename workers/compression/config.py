@@ -180,9 +180,9 @@ class TppOptions(_Strict):
     update_interval steps up to lambda_max, then stabilize_steps at lambda_max with one group zeroed every
     zero_out_interval steps. `scale` multiplies every step count (the ramp by a larger increment), 1.0 being
     the authors' 110,000 steps; the default 0.02 (2,200 steps) is documented in tpp_schedule.py.
-    `schedule: adaptive` (the default) grows lambda `growth` times faster, past lambda_max if need be, only
-    until every pruned channel's norm is below `norm_ratio` of its kept channels', holds for one zero-out
-    pass, and stops.
+    `schedule: adaptive` (the default) grows lambda `growth` times faster to lambda_max, then doubles it every
+    `doubling_steps`, only until every pruned channel's norm is below `norm_ratio` of its kept channels',
+    holds for one zero-out pass, and stops.
     """
 
     coupled: bool = False
@@ -196,6 +196,7 @@ class TppOptions(_Strict):
     scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.02
     norm_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-3
     growth: Annotated[float, Field(ge=1.0, le=1000.0)] = 10.0  # adaptive: times the scaled staircase's rate
+    doubling_steps: Annotated[int, Field(ge=1, le=1_000_000)] = 100  # adaptive: past lambda_max
     max_reg_steps: Annotated[int, Field(ge=0, le=10_000_000)] | None = None  # adaptive cap; None: the ramp
     reg_lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
     gram_weight: Annotated[float, Field(ge=0.0, le=1e6)] = 1000.0
