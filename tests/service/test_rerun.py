@@ -91,7 +91,7 @@ async def test_a_rerun_on_cpu_reproduces_kept_weights_and_accuracy_exactly(
 
     assert rerun["rerun_of"] == original_id
     assert rerun["reproduced"] == {"kept_equal": True, "accuracy_equal": True, "weights_equal": True,
-                                   "differences": []}
+                                   "differences": [], "environment_changes": []}
     assert rerun["layers"] == original["layers"]
     assert rerun["manifest"]["outcome"] == manifest["outcome"]
     for side in ("baseline", "pruned"):
@@ -112,15 +112,18 @@ def test_a_differing_rerun_says_what_differs(tmp_path: Path) -> None:
                 "pruned": {"accuracy": 0.75, "ort_accuracy": 0.75},
                 "manifest": {"outcome": {"kept_sha256": "a", "weights_sha256": "w"}}}
     same = compare_reports(original, json.loads(json.dumps(original)))
-    assert same == {"kept_equal": True, "accuracy_equal": True, "weights_equal": True, "differences": []}
+    assert same == {"kept_equal": True, "accuracy_equal": True, "weights_equal": True, "differences": [],
+                    "environment_changes": []}
     moved = json.loads(json.dumps(original))
     moved["layers"][0]["kept_channels"] = 149
     moved["pruned"]["accuracy"] = 0.7421875
     moved["manifest"]["outcome"] = {"kept_sha256": "b", "weights_sha256": "v"}
+    moved["manifest"]["determinism"] = {"torch_threads": 4}
     verdict = compare_reports(original, moved)
     assert [verdict[key] for key in ("kept_equal", "accuracy_equal", "weights_equal")] == [False] * 3
     assert any(line.startswith("layer fc1") for line in verdict["differences"])
     assert "pruned.accuracy: 0.75 != 0.7421875" in verdict["differences"]
+    assert verdict["environment_changes"] == ["determinism.torch_threads: None != 4"]
 
 
 async def test_only_a_succeeded_job_can_be_rerun(api: Api, tiny: TinyJob) -> None:
