@@ -142,7 +142,7 @@ class SweepService:
         The stored model and dataset stay: they belong to the tenant, and other jobs may use them.
         """
         sweep = self.get(tenant=tenant, sweep_id=sweep_id)
-        if sweep.status == "running":
+        if any(not is_terminal(point.status) for point in sweep.points):  # (a sweep left with no point goes)
             raise Conflict(f"sweep {sweep_id} is running; cancel it and wait until its jobs end",
                            code="not_finished")
         for point in sweep.points:

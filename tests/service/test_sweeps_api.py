@@ -195,3 +195,12 @@ async def test_the_listing_pages_by_count_and_by_bytes(make_api: Any) -> None:
                 break
         assert seen == ids[::-1]  # newest first, each once
         assert pages == 3  # a sweep's JSON is ~1 KB: 1500 bytes hold one, though `limit` allows two
+
+
+async def test_a_sweep_whose_jobs_were_deleted_one_by_one_can_still_be_deleted(make_api: Any) -> None:
+    async with make_api(max_active_jobs_per_tenant=8) as api:
+        body = (await create(api, targets=[{"pruning_ratio": 0.5}])).json()
+        finish(api, body["jobs"][0], "succeeded", 0.9, 500)
+        assert (await api.client.delete(f"/jobs/{body['jobs'][0]}")).status_code == 204
+        assert (await api.client.get(f"/sweeps/{body['id']}")).json()["points"] == []
+        assert (await api.client.delete(f"/sweeps/{body['id']}")).status_code == 204
