@@ -21,6 +21,7 @@ from service.api.routes_jobs import router as jobs_router
 from service.api.routes_models import datasets_router as stored_datasets_router
 from service.api.routes_models import models_router
 from service.api.routes_preflight import router as preflight_router
+from service.api.routes_sweeps import router as sweeps_router
 from service.api.routes_webhooks import router as webhooks_router
 from service.db.migrate import upgrade_head
 from service.db.session import make_engine, make_session_factory
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(webhooks_router)
     app.include_router(preflight_router)
+    app.include_router(sweeps_router)
     app.include_router(models_router)
     app.include_router(stored_datasets_router)
     app.include_router(datasets_router)
