@@ -7,14 +7,19 @@ upload sandbox runs real child processes.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
 from service.api.app import create_app
 from service.api.deps import AppContext
@@ -38,6 +43,26 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("security figures")
         for line in FIGURES:
             terminalreporter.write_line(line)
+
+
+@contextmanager
+def serving(app: FastAPI, **options: Any) -> Iterator[int]:
+    """Serves `app` with a real uvicorn (given Config options) on a free loopback port until the block ends;
+    yields the port. Raw-socket tests need this: httpx's ASGITransport has no connections to abuse."""
+    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        app.state.context.engine.dispose()
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -22,14 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from service.api.app import create_app
 from service.auth.service import KeyService
 from service.db.migrate import upgrade_head
 from service.jobs import sandbox
 from service.settings import Settings
-from tests.security.conftest import FIGURES, RELAXED, SecureApi
+from tests.security.conftest import FIGURES, RELAXED, SecureApi, serving
 from tests.security.test_authz_matrix import plant_job
 from tests.security.uploads import CONFIG, linear_onnx, mlp_safetensors, npz_dataset
 
@@ -44,18 +41,8 @@ def live_server(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
     app = create_app(settings)
     upgrade_head(app.state.context.engine)
     token = KeyService(app.state.context.jobs.sessions).create(tenant="acme")[1]
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield sock.getsockname()[1], token, tmp_path
-    server.should_exit = True
-    thread.join(10)
-    app.state.context.engine.dispose()
+    with serving(app) as port:
+        yield port, token, tmp_path
 
 
 def _head(port: int, token: str, extra: str) -> bytes:

@@ -6,20 +6,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from service.api.app import create_app
 from service.api.http_protocol import header_deadline_protocol
 from service.db.migrate import upgrade_head
 from service.settings import Settings
-from tests.security.conftest import FIGURES, RELAXED
+from tests.security.conftest import FIGURES, RELAXED, serving
 
 pytestmark = pytest.mark.timeout(120)
 HEADER_S = 0.5  # the test server's header deadline
@@ -32,19 +30,8 @@ def server(tmp_path: Path) -> Iterator[int]:
     settings = Settings(data_dir=tmp_path, body_read_timeout_s=1.0, validate_uploads=False, **RELAXED)
     app = create_app(settings)
     upgrade_head(app.state.context.engine)
-    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", http=header_deadline_protocol(HEADER_S))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    thread.join(10)
-    app.state.context.engine.dispose()
+    with serving(app, http=header_deadline_protocol(HEADER_S)) as port:
+        yield port
 
 
 def _read_all(sock: socket.socket, timeout_s: float = 5.0) -> bytes:
