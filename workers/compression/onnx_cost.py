@@ -89,13 +89,13 @@ def estimate_onnx_cost(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> 
         outputs = [name for name in node.output if name]
         missing = [name for name in outputs if name not in shapes]
         if missing:
-            raise InvalidModel(f"the size of {missing[0]!r} (output of {node.op_type} node {node.name!r}) "
+            raise InvalidModel(f"the size of {missing[0]!r} (output of {_label(node)}) "
                                "cannot be inferred before running the model; only graphs whose tensor "
                                "shapes follow from the input shape are accepted")
         for name in outputs:
             dims, dtype = shapes[name]
             if math.prod(dims) > MAX_ACTIVATION_ELEMENTS:
-                raise ModelTooCostly(f"{node.op_type} node {node.name!r} makes a tensor of shape {dims} for "
+                raise ModelTooCostly(f"{_label(node)} makes a tensor of shape {dims} for "
                                      f"one sample ({math.prod(dims)} elements; the limit is "
                                      f"{MAX_ACTIVATION_ELEMENTS})")
             if node.op_type == "Constant":
@@ -104,6 +104,11 @@ def estimate_onnx_cost(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> 
                 activations += math.prod(dims) * _itemsize(dtype)
         flops += _flops(node, shapes)
     return ModelCost(params, activations, flops)
+
+
+def _label(node: onnx.NodeProto) -> str:
+    """Names a node in a message: its op and its name, if it has one."""
+    return f"{node.op_type} node {node.name!r}" if node.name else f"an unnamed {node.op_type} node"
 
 
 def _static(info: onnx.ValueInfoProto) -> tuple[list[int], int] | None:

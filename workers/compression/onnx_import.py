@@ -166,7 +166,7 @@ def _validate(model: onnx.ModelProto) -> None:
                 raise UnsupportedOp(f"node {node.name!r} uses operator {node.domain}::{node.op_type}; "
                                     "only standard ONNX operators are supported")
             if node.op_type in CONTROL_FLOW:
-                raise UnsupportedOp(f"node {node.name!r} is control flow ({node.op_type}); the engine trains "
+                raise UnsupportedOp(f"the graph has control flow (a {node.op_type} node); the engine trains "
                                     "only straight-line graphs (export with the branches traced away)")
     initializers = len(model.graph.initializer) + len(model.graph.sparse_initializer)
     if nodes > MAX_NODES or initializers > MAX_INITIALIZERS:
