@@ -42,6 +42,7 @@ from workers.compression.methods.structured import (
     remove,
     select,
 )
+from workers.compression.methods.tpp_schedule import make_tpp_schedule
 from workers.compression.methods.unstructured import MIN_KEEP
 from workers.compression.pipeline import check_exportable, check_fits, load_inputs
 from workers.compression.preprocessing import Preprocessing
@@ -83,7 +84,9 @@ def run_preflight(model_path: Path, config: JobConfig, *, dataset_path: Path | N
     dense_params, dense_flops = count_params(model).params, count_macs(model, data.input_shape)
     wanted = [config.target, *[t for t in targets if t != config.target]]
     if config.method in ("l1", "tpp"):
-        options = L1Options.model_validate(config.options)  # TppOptions' extra fields do not matter here
+        # Only the selection options matter here (TPP's schedule and L1's extra steps do not).
+        selection = {k: v for k, v in config.options.items() if k in ("coupled", "round_to")}
+        options = L1Options.model_validate(selection)
         structure = prunable_structure(model, example, options, method=config.method,
                                        exact=config.method == "tpp")
         analysis = _structured_analysis(structure)
@@ -327,9 +330,9 @@ def _estimate_s(model: nn.Module, data: DatasetBundle, config: JobConfig) -> flo
         model(x)
     eval_per_sample = (time.perf_counter() - start) / len(y)
     epochs = float(config.finetune.epochs)
-    if config.method == "tpp":
-        options = config.method_options()
-        epochs += options.reg_epochs + options.stabilize_epochs
+    if config.method == "tpp":  # its regularization phase at most, in steps (tpp_schedule.py)
+        steps = make_tpp_schedule(config.method_options(), groups=1).max_steps
+        epochs += steps * config.finetune.batch_size / max(data.train_samples, 1)
     train_s = epochs * data.train_samples * train_per_sample
     eval_s = (epochs + _EVAL_PASSES) * data.val_samples * eval_per_sample
     return round(train_s + eval_s, 1)
