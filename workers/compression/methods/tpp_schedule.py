@@ -60,7 +60,7 @@ class TppSchedule:
         if grown <= self.lambda_max or not self.adaptive:
             return min(grown, self.lambda_max)
         beyond = updates * self.update_interval - self.lambda_max / self.increment * self.update_interval
-        return min(self.lambda_max * 2.0 ** (beyond / self.doubling_steps), LAMBDA_CEILING)
+        return min(self.lambda_max * math.pow(2.0, beyond / self.doubling_steps), LAMBDA_CEILING)
 
     def gram_lambda(self, lam: float) -> float:
         """Returns the lambda that weights the Gram term: never above lambda_max (the authors' ceiling), so an
