@@ -88,10 +88,11 @@ async def create_job(
         job, created = admission.earlier, False
     elif is_json(request):
         body = await read_json_body(request, StoredInputsBody, config_bytes=jobs.settings.max_config_bytes)
-        job, created = await run_in_threadpool(
-            lambda: StoredInputs(jobs).submit_job(tenant=tenant, model_id=body.model_id,
-                                                  dataset_id=body.dataset_id, config_text=body.config_text(),
-                                                  idempotency_key=admission.idempotency_key))
+        stored, key = StoredInputs(jobs), admission.idempotency_key
+        async with validation_shares(request).hold(tenant, jobs.settings.sandbox_timeout_s):
+            job, created = await run_in_threadpool(
+                lambda: stored.submit_job(tenant=tenant, model_id=body.model_id, dataset_id=body.dataset_id,
+                                          config_text=body.config_text(), idempotency_key=key))
     else:
         job_id = new_job_id()
         upload = await receive_job_upload(request, jobs=jobs, tenant=tenant, job_id=job_id)
@@ -193,8 +194,9 @@ def cancel_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> JobOut:
 
 @router.post("/{job_id}/rerun", status_code=202, response_model=JobOut,
              responses=_errors(401, 403, 404, 409, 422, 429, 503))
-def rerun_job(
+async def rerun_job(
     job_id: str,
+    request: Request,
     response: Response,
     jobs: JobsDep,
     tenant: TenantDep,
@@ -204,9 +206,11 @@ def rerun_job(
     channels / masks and accuracies match the original (`rerun_of`, `reproduced`)."""
     if admission.earlier is not None:
         job, created = admission.earlier, False
-    else:
+    else:  # the rerun's inputs are checked as a submission's are: within the tenant's fair share
         reruns = Reruns(StoredInputs(jobs))
-        job, created = reruns.rerun(tenant=tenant, job_id=job_id, idempotency_key=admission.idempotency_key)
+        async with validation_shares(request).hold(tenant, jobs.settings.sandbox_timeout_s):
+            job, created = await run_in_threadpool(
+                lambda: reruns.rerun(tenant=tenant, job_id=job_id, idempotency_key=admission.idempotency_key))
     response.headers["Location"] = f"/jobs/{job.id}"
     response.headers.update(poll_headers(job, jobs.settings))
     if not created:
