@@ -131,13 +131,11 @@ def _load(model_path: Path, dataset_path: Path | None, config: JobConfig) -> _In
     model_format = sniff.sniff_model_file(model_path)
     preprocessing = model_io.model_preprocessing(model_path, config.architecture).overridden(config.data)
     shape = _assumed_shape(model_path, model_format, preprocessing, config.architecture)
-    module = model_io.load_model(model_path, architecture=config.architecture, input_shape=shape,
-                                 num_classes=2).module.eval()
+    built = model_io.load_model(model_path, architecture=config.architecture, input_shape=shape,
+                                num_classes=2)
+    module = built.module.eval()
     check_exportable(module)
-    with torch.no_grad():
-        outputs = module(torch.zeros((1, *shape)))
-    classes = int(outputs.shape[-1]) if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 else 2
-    data = _stand_in(shape, classes, preprocessing)
+    data = _stand_in(shape, built.num_classes, preprocessing)  # labels below the model's own outputs
     check_fits(module, data)
     return _Inputs(module, data, model_format, False)
 
