@@ -8,6 +8,7 @@ import io
 import pickle
 import struct
 import tarfile
+import threading
 import tracemalloc
 import zipfile
 import zlib
@@ -297,6 +298,16 @@ def test_truncated_archive_is_refused(tmp_path: Path, kind: Kind) -> None:
     path.write_bytes(path.read_bytes()[:-60])
     with pytest.raises(InvalidDataset, match="corrupt"):
         _index(path, kind)
+
+
+def test_a_tar_gz_refused_half_way_leaves_no_inflating_thread(tmp_path: Path) -> None:
+    """The archive is refused at its first member; the thread inflating the 16 MB behind it stops then."""
+    noise = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    members = {"train/cat/notes.txt": b"hi", **{f"train/cat/{i}.png": noise for i in range(16)}}
+    path = write_archive(tmp_path / "d.tgz", "tar.gz", members)
+    with pytest.raises(InvalidDataset, match=r"not a \.png"):
+        _index(path, "tar.gz")
+    assert not [t for t in threading.enumerate() if t.name == "gunzip"]
 
 
 def _gunzipped(path: Path) -> bytes:

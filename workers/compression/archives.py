@@ -13,7 +13,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -60,7 +60,7 @@ class Member:
 
 
 def iter_members(path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: ArchiveLimits = DEFAULT_LIMITS,
-                 *, head: int | None = None, tee: BinaryIO | None = None) -> Iterator[Member]:
+                 *, head: int | None = None, tee: BinaryIO | None = None) -> Generator[Member, None, None]:
     """Yields every regular file after checking its name, type and sizes; `head` reads only that many first
     bytes of each; `tee` receives the whole decompressed tar stream (an on-disk copy to seek in later)."""
     if kind == "zip":
@@ -68,7 +68,7 @@ def iter_members(path: Path, kind: Literal["zip", "tar", "tar.gz"], limits: Arch
     return _tar_members(path, kind == "tar.gz", limits, head, tee)
 
 
-def _zip_members(path: Path, limits: ArchiveLimits, head: int | None) -> Iterator[Member]:
+def _zip_members(path: Path, limits: ArchiveLimits, head: int | None) -> Generator[Member, None, None]:
     """Yields the members of a ZIP's regular files after checking each entry's name, type and sizes."""
     with path.open("rb") as f:
         try:
@@ -120,7 +120,7 @@ def _zip_checked(entry: zip_members.Entry, limits: ArchiveLimits) -> bool:
 
 
 def _tar_members(path: Path, gz: bool, limits: ArchiveLimits, head: int | None, tee: BinaryIO | None,
-                 ) -> Iterator[Member]:
+                 ) -> Generator[Member, None, None]:
     """Yields a tar's regular files, streaming it once through a bounded reader (a .tar.gz inflated ahead
     on a second thread)."""
     with path.open("rb") if not gz else GunzipReader(path) as source:

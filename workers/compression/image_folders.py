@@ -111,8 +111,10 @@ def index_image_folder(path: Path, kind: Kind, *, seed: int, limits: ArchiveLimi
             builder = IndexBuilder(format=kind, source=source)
             # A tar streams every byte anyway, so only a ZIP member is read in part.
             head = _HEAD if kind == "zip" else None
-            for member in iter_members(path, kind, limits, head=head, tee=tee):
-                _add(builder, source, member, limits)
+            # Closed on a refusal too: a .tar.gz's inflating thread stops then, not when the traceback goes.
+            with contextlib.closing(iter_members(path, kind, limits, head=head, tee=tee)) as members:
+                for member in members:
+                    _add(builder, source, member, limits)
         index = builder.finish(seed=seed)
     except BaseException:
         if cache_dir is not None:
