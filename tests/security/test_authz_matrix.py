@@ -19,11 +19,12 @@ import pytest
 from fastapi import FastAPI
 
 from service.api.app import create_app
-from service.db.models import InputFile, Job, new_job_id, utcnow
+from service.db.models import InputFile, Job, Sweep, new_job_id, utcnow
 from service.db.session import session_scope
 from service.jobs import repository
 from service.settings import Settings
 from service.storage.keys import ARTIFACT_NAMES, artifact_key, input_key, stored_input_key
+from service.sweeps import repository as sweeps_repository
 from tests.security.conftest import FIGURES, SecureApi
 from tests.security.uploads import CONFIG
 
@@ -42,6 +43,8 @@ class Recipe:
     stored: str | None = None  # the owner's stored input ("model" or "dataset") it acts on, as {input_id}
     store_file: str | None = None  # POST /models or /datasets: one multipart `file` of this kind
     real_inputs: bool = False  # the planted job's inputs are real files (a rerun checks them)
+    sweep: str | None = None  # the owner's sweep (one point: a job in this status), as {sweep_id}
+    sweep_body: bool = False  # POST /sweeps: JSON naming the owner's stored inputs by id
 
 
 RECIPES: dict[tuple[str, str], Recipe] = {
@@ -64,6 +67,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/datasets"): Recipe(),
     ("GET", "/datasets/{input_id}"): Recipe(stored="dataset"),
     ("DELETE", "/datasets/{input_id}"): Recipe(stored="dataset"),
+    ("POST", "/sweeps"): Recipe(sweep_body=True),
+    ("GET", "/sweeps"): Recipe(),
+    ("GET", "/sweeps/{sweep_id}"): Recipe(sweep="queued"),
+    ("POST", "/sweeps/{sweep_id}/cancel"): Recipe(sweep="queued"),
+    ("DELETE", "/sweeps/{sweep_id}"): Recipe(sweep="succeeded"),
 }
 # Operations that need no key: probes and Prometheus metrics (operator data, no tenant's jobs).
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
@@ -155,6 +163,24 @@ def input_state(api: SecureApi, input_id: str) -> tuple[str, str] | None:
         return None if row is None else (row.tenant, row.kind)
 
 
+def plant_sweep(api: SecureApi, tenant: str, status: str) -> str:
+    """Inserts a sweep of `tenant` whose one point is a planted job in `status`; returns the sweep's id."""
+    sweep = Sweep(tenant=tenant, model_id=new_job_id(), dataset_id=new_job_id(), config=CONFIG)
+    job_id = plant_job(api, tenant, status)
+    with session_scope(api.context.jobs.sessions) as session:
+        sweeps_repository.create_sweep(session, sweep=sweep)
+        sweeps_repository.add_point(session, sweep_id=sweep.id, position=0, job_id=job_id, target={})
+    return sweep.id
+
+
+def sweep_state(api: SecureApi, sweep_id: str) -> tuple[str, str] | None:
+    """Returns (tenant, its point's job status) of a sweep whatever its tenant; None when there is none."""
+    with session_scope(api.context.jobs.sessions) as session:
+        sweep = session.get(Sweep, sweep_id)
+        points = sweeps_repository.points_with_jobs(session, sweep_ids=[sweep_id])
+        return None if sweep is None else (sweep.tenant, points[0][1].status)
+
+
 def job_state(api: SecureApi, job_id: str) -> tuple[str, str] | None:
     """Returns (tenant, status) of a job whatever its tenant, None when it does not exist."""
     with session_scope(api.context.jobs.sessions) as session:
@@ -166,7 +192,16 @@ async def call(api: SecureApi, key: tuple[str, str], principal: str, job_id: str
     """Calls one operation as one principal, on `job_id` when the operation names a job."""
     method, path = key
     recipe = RECIPES[key]
-    url = path.format(job_id=job_id, input_id=job_id, **recipe.params)
+    url = path.format(job_id=job_id, input_id=job_id, sweep_id=job_id, **recipe.params)
+    if recipe.sweep_body:  # the owner's stored inputs (stored again: the same bytes keep their ids)
+        ids = {}
+        for kind in ("model", "dataset"):
+            stored = await api.client.post(f"/{kind}s", files={"file": ("f.bin", input_bytes(kind))},
+                                           headers=api.auth("owner"))
+            ids[f"{kind}_id"] = stored.json()["id"]
+        body = {**ids, "config": {k: v for k, v in CONFIG.items() if k != "target"},
+                "targets": [{"pruning_ratio": 0.5}]}
+        return await api.client.post(url, json=body, headers=api.auth(principal))
     if recipe.store_file:
         files = {"file": ("f.bin", input_bytes(recipe.store_file))}
         return await api.client.post(url, files=files, headers=api.auth(principal))
@@ -195,6 +230,8 @@ async def check_cell(api: SecureApi, key: tuple[str, str], principal: str) -> tu
     job_id = plant_job(api, "acme", recipe.job_status, recipe.real_inputs) if recipe.job_status else None
     if recipe.stored:  # the owner's stored input stands where a job would
         job_id = plant_input(api, "acme", recipe.stored)
+    if recipe.sweep:  # and so does the owner's sweep
+        job_id = plant_sweep(api, "acme", recipe.sweep)
     response = await call(api, key, principal, job_id)
     status = response.status_code
     label = f"{key} as {principal}: {status} {response.text[:200]}"
@@ -210,6 +247,8 @@ async def check_cell(api: SecureApi, key: tuple[str, str], principal: str) -> tu
         assert status == 404, label
         if recipe.stored:
             assert input_state(api, job_id) == ("acme", recipe.stored), f"{label}: the input changed"
+        elif recipe.sweep:
+            assert sweep_state(api, job_id) == ("acme", recipe.sweep), f"{label}: the sweep changed"
         else:
             assert job_state(api, job_id) == ("acme", recipe.job_status), f"{label}: the job changed"
         return status, 200 <= status < 300
@@ -222,6 +261,11 @@ async def check_cell(api: SecureApi, key: tuple[str, str], principal: str) -> tu
         assert status == 200, label
         owners = {(input_state(api, item["id"]) or ("?",))[0] for item in response.json()["items"]}
         assert owners <= {"globex"}, label
+    elif recipe.sweep_body:  # another tenant cannot name the owner's stored inputs
+        assert status == 404, label
+    elif key == ("GET", "/sweeps"):  # another tenant's listing holds only its own sweeps (none)
+        assert status == 200, label
+        assert response.json()["sweeps"] == [], label
     elif key == ("GET", "/jobs"):  # another tenant's listing holds only its own jobs
         assert status == 200, label
         assert {job_state(api, job["id"]) for job in response.json()["jobs"]} <= {("globex", "queued")}, label
