@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from workers.compression.child_limits import RESOURCES_EXCEEDED, VALIDATOR_BROKEN, limit_resources
 from workers.compression.errors import UserError
 from workers.compression.pixel_budget import check_pixels
-from workers.compression.validate import RESOURCES_EXCEEDED, VALIDATOR_BROKEN, limit_resources
 
 __all__ = ["check_dataset", "main"]
 

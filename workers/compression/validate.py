@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import resource
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -29,6 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from workers.compression.architectures import check_model_format, parse_architecture
+from workers.compression.child_limits import (
+    MAX_OPEN_FILES,
+    RESOURCES_EXCEEDED,
+    VALIDATOR_BROKEN,
+    limit_resources,
+)
 from workers.compression.errors import InvalidDataset, UserError
 from workers.compression.onnx_cost import CostLimits, ModelCost, check_cost
 from workers.compression.pixel_budget import check_pixels
@@ -36,20 +41,8 @@ from workers.compression.pixel_budget import check_pixels
 __all__ = ["MAX_OPEN_FILES", "RESOURCES_EXCEEDED", "VALIDATOR_BROKEN", "inspect_inputs", "limit_resources",
            "main"]
 
-RESOURCES_EXCEEDED = "parse_resources_exceeded"
-VALIDATOR_BROKEN = "validator_unavailable"  # the child cannot run at all: a server fault, never the input's
-MAX_OPEN_FILES = 64  # the interpreter, its libraries and two inputs need far fewer
 _MAX_MESSAGE = 2000  # characters of an error message passed back (input-derived names are truncated)
 _STAGE_CODES = {"dataset": "invalid_dataset", "model": "invalid_model"}
-
-
-def limit_resources(*, memory_bytes: int, cpu_s: int) -> None:
-    """Caps this process before it touches untrusted bytes: memory, CPU time, files written, files open."""
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU at the soft limit, SIGKILL after
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # any write to a file: SIGXFSZ
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
 
 
 def inspect_inputs(model: Path, dataset: Path, architecture: str | None,
