@@ -45,6 +45,7 @@ class Recipe:
     real_inputs: bool = False  # the planted job's inputs are real files (a rerun checks them)
     sweep: str | None = None  # the owner's sweep (one point: a job in this status), as {sweep_id}
     sweep_body: bool = False  # POST /sweeps: JSON naming the owner's stored inputs by id
+    preflight_body: bool = False  # POST /preflight: JSON naming the owner's stored model by id
 
 
 RECIPES: dict[tuple[str, str], Recipe] = {
@@ -72,6 +73,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/sweeps/{sweep_id}"): Recipe(sweep="queued"),
     ("POST", "/sweeps/{sweep_id}/cancel"): Recipe(sweep="queued"),
     ("DELETE", "/sweeps/{sweep_id}"): Recipe(sweep="succeeded"),
+    ("GET", "/jobs/{job_id}/deliveries"): Recipe("succeeded"),
+    ("POST", "/preflight"): Recipe(preflight_body=True),
 }
 # Operations that need no key: probes and Prometheus metrics (operator data, no tenant's jobs).
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
@@ -202,6 +205,12 @@ async def call(api: SecureApi, key: tuple[str, str], principal: str, job_id: str
         body = {**ids, "config": {k: v for k, v in CONFIG.items() if k != "target"},
                 "targets": [{"pruning_ratio": 0.5}]}
         return await api.client.post(url, json=body, headers=api.auth(principal))
+    if recipe.preflight_body:  # the owner's stored model, checked as a sparsity job on it would be
+        stored = await api.client.post("/models", files={"file": ("m.onnx", input_bytes("model"))},
+                                       headers=api.auth("owner"))
+        config = {"method": "magnitude", "target": {"sparsity": 0.5}}
+        body = {"model_id": stored.json()["id"], "config": config}
+        return await api.client.post(url, json=body, headers=api.auth(principal))
     if recipe.store_file:
         files = {"file": ("f.bin", input_bytes(recipe.store_file))}
         return await api.client.post(url, files=files, headers=api.auth(principal))
@@ -261,7 +270,7 @@ async def check_cell(api: SecureApi, key: tuple[str, str], principal: str) -> tu
         assert status == 200, label
         owners = {(input_state(api, item["id"]) or ("?",))[0] for item in response.json()["items"]}
         assert owners <= {"globex"}, label
-    elif recipe.sweep_body:  # another tenant cannot name the owner's stored inputs
+    elif recipe.sweep_body or recipe.preflight_body:  # another tenant cannot name the owner's stored inputs
         assert status == 404, label
     elif key == ("GET", "/sweeps"):  # another tenant's listing holds only its own sweeps (none)
         assert status == 200, label
