@@ -49,7 +49,7 @@ from workers.compression.preprocessing import Preprocessing
 
 __all__ = ["CHECKED_SAMPLES", "UNSUPPORTED_MARKS", "job_verdict", "run_preflight"]
 
-CHECKED_SAMPLES = 4  # validation samples the ONNX round trip is checked on (the job checks them all)
+CHECKED_SAMPLES = 2  # validation samples the ONNX round trip is checked on (the job checks them all)
 TIMED_SAMPLES = 4  # samples of the one timed training step behind the duration estimate
 ZOO_SHAPE = (3, 32, 32)  # the zoo's CIFAR convention, assumed when no dataset says otherwise
 # Marks of a reason to leave a group alone that is an op the analysis cannot model (not the method's choice):
