@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.settings import Settings
-from workers.compression.onnx_cost import ModelCost
+from workers.compression.cost import ModelCost
 
 __all__ = ["Ceiling", "ceiling_for", "job_memory_bytes", "model_cost", "out_of_host_memory", "resident_bytes",
            "watched"]

@@ -18,12 +18,13 @@ from torch import nn
 
 from tests.engine.model_files import TinyConvNet, export_onnx
 from workers.compression.config import DataOptions, FinetuneConfig
+from workers.compression.cost import CostLimits, ModelCost, check_cost
 from workers.compression.datasets import ArrayBundle, from_arrays, no_single_sample
 from workers.compression.errors import InvalidDataset, InvalidModel, ModelTooCostly, UnsupportedOp
 from workers.compression.finite import nonfinite_count
 from workers.compression.module_cost import estimate_module_cost
 from workers.compression.npz import scan_npz
-from workers.compression.onnx_cost import CostLimits, ModelCost, check_cost, estimate_onnx_cost
+from workers.compression.onnx_cost import estimate_onnx_cost
 from workers.compression.onnx_import import read_onnx
 from workers.compression.pixel_budget import PixelBudget, check_pixels
 from workers.compression.safetensors_file import check_finite

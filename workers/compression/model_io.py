@@ -20,8 +20,9 @@ from torch import nn
 
 from workers.compression import hf_archive, library_models, onnx_import, safetensors_file, zoo
 from workers.compression.architectures import ArchitectureRef, check_model_format, parse_architecture
+from workers.compression.cost import CostLimits, check_cost
 from workers.compression.errors import InvalidModel
-from workers.compression.onnx_cost import CostLimits, check_cost, estimate_onnx_cost
+from workers.compression.onnx_cost import estimate_onnx_cost
 from workers.compression.preprocessing import Preprocessing, for_architecture, for_onnx
 from workers.compression.safetensors_file import ALLOWED_DTYPES, TensorTable, listing
 from workers.compression.sniff import sniff_model_file

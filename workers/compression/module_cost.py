@@ -14,7 +14,7 @@ from torch.utils.hooks import RemovableHandle
 
 from workers.compression import library_models, zoo
 from workers.compression.architectures import parse_architecture
-from workers.compression.onnx_cost import ModelCost
+from workers.compression.cost import ModelCost
 
 __all__ = ["estimate_module_cost", "estimate_zoo_cost"]
 

@@ -4,8 +4,8 @@ Computed from the graph alone (onnx only, no torch, no onnxruntime): static shap
 sample shape with a batch of 1 (`onnx_static_shapes`), then a sum over the nodes. A graph whose every
 intermediate tensor does not come out with a static, bounded shape is refused: a size it will only learn
 at run time (a data-dependent `NonZero`) is a size nobody can bound. The upload sandbox (`validate.py`),
-the worker's loader and pre-flight call `estimate_onnx_cost`; `check_cost` holds an estimate against the
-limits and refuses with `model_too_costly`, the estimate in the message.
+the worker's loader and pre-flight call `estimate_onnx_cost`; `cost.check_cost` holds an estimate against
+the limits and refuses with `model_too_costly`, the estimate in the message.
 
 Activation bytes count every tensor a forward pass produces (training keeps them for the backward pass),
 so they are the peak of a training step per sample, over-counting what inference would hold at once.
@@ -14,61 +14,19 @@ so they are the peak of a training step per sample, over-counting what inference
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import onnx
 from onnx import helper
 
+from workers.compression.cost import ModelCost
 from workers.compression.errors import InvalidModel, ModelTooCostly
 from workers.compression.onnx_static_shapes import infer_static
 
-__all__ = ["MAX_ACTIVATION_ELEMENTS", "CostLimits", "ModelCost", "check_cost", "estimate_onnx_cost"]
+__all__ = ["MAX_ACTIVATION_ELEMENTS", "estimate_onnx_cost"]
 
 MAX_ACTIVATION_ELEMENTS = 1 << 28  # one intermediate tensor of one sample: 1 GiB of float32
 _POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
 _RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    """A model's cost: stored weights, activations of one sample's forward pass, and its FLOPs."""
-
-    params_bytes: int
-    peak_activation_bytes: int  # every tensor one sample's forward pass produces (kept for backward)
-    flops_per_sample: int  # multiply-adds count as 2
-
-    def describe(self) -> str:
-        """Returns the estimate in words, for messages and logs."""
-        return (f"{_gib(self.params_bytes)} of weights, {_gib(self.peak_activation_bytes)} of activations "
-                f"and {self.flops_per_sample / 1e9:.3g} GFLOPs per sample")
-
-
-@dataclass(frozen=True)
-class CostLimits:
-    """The most a job's model may cost (settings: max_model_params_bytes, ... per sample)."""
-
-    params_bytes: int = 4 << 30
-    activation_bytes: int = 2 << 30
-    flops_per_sample: int = 10**12
-
-
-def _gib(n: int) -> str:
-    """Formats a byte count in MiB or GiB."""
-    return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.3g} MiB"
-
-
-def check_cost(cost: ModelCost, limits: CostLimits) -> None:
-    """Refuses a model whose estimate exceeds any limit, with the estimate and the limit in the message."""
-    over = [f"{what} {_gib(value) if unit else f'{value / 1e9:.3g} GFLOPs'} > limit "
-            f"{_gib(limit) if unit else f'{limit / 1e9:.3g} GFLOPs'}"
-            for what, value, limit, unit in (
-                ("weights", cost.params_bytes, limits.params_bytes, True),
-                ("activations per sample", cost.peak_activation_bytes, limits.activation_bytes, True),
-                ("compute per sample", cost.flops_per_sample, limits.flops_per_sample, False))
-            if value > limit]
-    if over:
-        raise ModelTooCostly(f"the model is too costly to compress here: {'; '.join(over)} "
-                             f"(estimate: {cost.describe()})")
 
 
 def estimate_onnx_cost(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> ModelCost:

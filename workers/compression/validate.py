@@ -34,8 +34,8 @@ from workers.compression.child_limits import (
     VALIDATOR_BROKEN,
     limit_resources,
 )
+from workers.compression.cost import CostLimits, ModelCost, check_cost
 from workers.compression.errors import InvalidDataset, UserError
-from workers.compression.onnx_cost import CostLimits, ModelCost, check_cost
 from workers.compression.pixel_budget import check_pixels
 
 __all__ = ["MAX_OPEN_FILES", "RESOURCES_EXCEEDED", "VALIDATOR_BROKEN", "inspect_inputs", "limit_resources",
