@@ -117,14 +117,18 @@ function pointsCard(sweep) {
 
 function sweepHead(sweep, onChange) {
   const act = (label, cls, run) => h("button", { class: cls, onclick: async () => {
-    try { await run(); onChange(); } catch (err) { alert(err.message); }
+    try { if ((await run()) !== false) await onChange(); } catch (err) { alert(err.message); }
   } }, label);
   const path = `/sweeps/${encodeURIComponent(sweep.id)}`;
   const base = sweep.baseline || {};
   return h("section", { class: "card", id: "sweep-card" },
     h("div", { class: "toolbar" }, h("h2", {}, "Sweep ", h("span", { class: "mono" }, sweep.id)), badge(sweep.status),
       sweep.status === "running" ? act("Cancel all", "danger", () => api(path + "/cancel", { method: "POST" }))
-        : act("Delete sweep", "danger", async () => { await api(path, { method: "DELETE" }); location.hash = "#/sweeps"; })),
+        : act("Delete sweep", "danger", async () => {
+          await api(path, { method: "DELETE" });
+          location.hash = "#/sweeps";
+          return false; // gone: nothing to redraw
+        })),
     h("div", { class: "status-line" }, h("span", {}, `${endedCount(sweep)} of ${sweep.points.length} points ended`),
       progressBar({ status: sweep.status === "running" ? "running" : sweep.status,
         progress: { fraction: endedCount(sweep) / Math.max(sweep.points.length, 1) } }, true)),
@@ -161,12 +165,58 @@ async function sweepPage(root, id) {
   }
 }
 
+// The form of a new sweep: stored inputs (uploaded once with POST /models and /datasets), one config,
+// and the targets as a comma-separated list of one kind.
+async function sweepForm() {
+  const result = h("p", { id: "sweep-result" });
+  const field = (label, input, cls) => h("label", { class: cls }, label, input);
+  const stored = async (kind) => (await apiJson(`/${kind}s?limit=100`)).items.map((i) =>
+    h("option", { value: i.id }, `${i.id.slice(0, 8)} · ${i.format} · ${fmtBytes(i.bytes)} · ${fmtTime(i.created_at)}`));
+  const [models, datasets] = await Promise.all([stored("model"), stored("dataset")]);
+  const form = h("form", { class: "submit", id: "sweep-form" },
+    field("stored model", h("select", { name: "model_id", required: true }, models), "wide"),
+    field("stored dataset", h("select", { name: "dataset_id", required: true }, datasets), "wide"),
+    field("method", h("select", { name: "method" }, ["l1", "tpp", "weightmom", "magnitude"].map((m) => h("option", {}, m)))),
+    field("architecture (not for ONNX)", h("input", { name: "architecture", placeholder: "resnet20" })),
+    field("target", h("select", { name: "kind" }, h("option", { value: "pruning_ratio" }, "pruning ratio"),
+      h("option", { value: "sparsity" }, "sparsity"), h("option", { value: "flops_reduction" }, "FLOPs reduction ×"))),
+    field("targets (comma-separated)", h("input", { name: "values", required: true, value: "0.3,0.5,0.7" })),
+    field("finetune epochs", h("input", { name: "epochs", type: "number", min: 0, value: "1" })),
+    field("more config (JSON, merged)", h("textarea", { name: "extra", placeholder: '{"finetune": {"lr": 0.01}}' }), "full"),
+    h("div", { class: "actions full" }, h("button", { type: "submit", id: "sweep-button" }, "Start sweep"), result));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const data = new FormData(form);
+    result.replaceChildren();
+    try {
+      const config = data.get("extra") ? JSON.parse(String(data.get("extra"))) : {};
+      config.method = data.get("method");
+      if (data.get("architecture")) config.architecture = data.get("architecture");
+      if (data.get("epochs") !== "") config.finetune = { ...(config.finetune || {}), epochs: Number(data.get("epochs")) };
+      const targets = String(data.get("values")).split(",").filter((v) => v.trim()).map((v) => ({ [data.get("kind")]: Number(v) }));
+      const body = JSON.stringify({ model_id: data.get("model_id"), dataset_id: data.get("dataset_id"), config, targets });
+      const sweep = await apiJson("/sweeps", { method: "POST", body, headers: { "Content-Type": "application/json" } });
+      location.hash = "#/sweeps/" + sweep.id;
+    } catch (err) {
+      result.replaceChildren(h("span", { class: "error" }, err instanceof SyntaxError ? "config JSON: " + err.message : err.message));
+    }
+  });
+  const hint = models.length && datasets.length ? null
+    : h("p", { class: "muted" }, "Store a model and a dataset first: `secateur upload model FILE`, `secateur upload dataset FILE`.");
+  return h("section", { class: "card" }, h("h2", {}, "Start a sweep"), hint, form);
+}
+
 async function sweepsPage(root) {
   const tbody = h("tbody", { id: "sweeps-body" });
   const note = h("p", { class: "muted" });
+  try {
+    root.append(await sweepForm());
+  } catch (err) {
+    root.append(h("p", { class: "error" }, "stored inputs: " + err.message));
+  }
   root.append(h("section", { class: "card" }, h("h2", {}, "Sweeps"),
     h("table", {}, h("thead", {}, h("tr", {}, ["sweep", "status", "method", "points", "on the front", "created"].map((c) => h("th", {}, c)))), tbody),
-    note, h("p", { class: "muted" }, "Start one with POST /sweeps or `secateur sweep --model-id … --dataset-id … --ratios 0.3,0.5,0.7`.")));
+    note, h("p", { class: "muted" }, "Also: POST /sweeps, or `secateur sweep --model-id … --dataset-id … --ratios 0.3,0.5,0.7`.")));
   try {
     const page = await apiJson("/sweeps?limit=50");
     tbody.replaceChildren(...page.sweeps.map((s) => h("tr", { class: "clickable", "data-id": s.id,

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -162,21 +162,15 @@ def test_dashboard_files_are_served_under_a_strict_policy(tmp_path: Path) -> Non
 RATIOS = (0.2, 0.35, 0.5, 0.65, 0.8)
 
 
-def start_sweep(live: Live, model: Path, dataset: Path) -> dict[str, Any]:
-    """Stores the model and dataset once, then POSTs a sweep of RATIOS on their ids; returns the sweep."""
+def store_inputs(live: Live, model: Path, dataset: Path) -> tuple[str, str]:
+    """Stores the model and the dataset once each (POST /models, /datasets); returns their ids."""
     ids = []
     for kind, path in (("models", model), ("datasets", dataset)):
         with path.open("rb") as f:
             stored = httpx.post(f"{live.url}/{kind}", files={"file": (path.name, f)}, timeout=120)
         assert stored.status_code == 201, stored.text
         ids.append(stored.json()["id"])
-    config = {"method": "l1", "architecture": "resnet20", "data": {"augment": False},
-              "finetune": {"epochs": 1, "batch_size": 64, "lr": 0.01 if uses_real_data() else 0.05}}
-    body = {"model_id": ids[0], "dataset_id": ids[1], "config": config,
-            "targets": [{"pruning_ratio": r} for r in RATIOS]}
-    created = httpx.post(f"{live.url}/sweeps", json=body, timeout=120)
-    assert created.status_code == 202, created.text
-    return dict(created.json())
+    return ids[0], ids[1]
 
 
 def stored_copies(root: Path, data: bytes) -> int:
@@ -185,14 +179,30 @@ def stored_copies(root: Path, data: bytes) -> int:
     return sum(hashlib.sha256(p.read_bytes()).hexdigest() == digest for p in root.rglob("*") if p.is_file())
 
 
-async def sweep_scenario(ws_url: str, live: Live, sweep_id: str, downloads: Path) -> None:
-    """Watches the sweep finish on its page, checks the plot, a hover, a download, then the list."""
+async def sweep_scenario(ws_url: str, live: Live, inputs: tuple[str, str], downloads: Path) -> str:
+    """Starts the sweep with the form, watches it finish, checks the plot, a hover, a download, the list.
+
+    Returns the sweep's id.
+    """
     async with connect(ws_url, max_size=None) as ws:
         page = Page(ws)
         for domain in ("Page", "Runtime", "Log", "DOM"):
             await page.call(f"{domain}.enable")
         await page.allow_downloads(downloads)
-        await page.goto(f"{live.url}/#/sweeps/{sweep_id}")
+        await page.goto(f"{live.url}/#/sweeps")
+        await page.wait_for("document.getElementById('sweep-form') !== null", 15, "the sweep form")
+        lr = 0.01 if uses_real_data() else 0.05  # a trained model's finetuning, or a random one's training
+        extra = {"data": {"augment": False}, "finetune": {"batch_size": 64, "lr": lr}}
+        await page.js(f"""(() => {{
+            const f = document.getElementById("sweep-form");
+            f.model_id.value = {json.dumps(inputs[0])}; f.dataset_id.value = {json.dumps(inputs[1])};
+            f.method.value = "l1"; f.architecture.value = "resnet20"; f.kind.value = "pruning_ratio";
+            f.values.value = {json.dumps(",".join(map(str, RATIOS)))}; f.epochs.value = "1";
+            f.extra.value = {json.dumps(json.dumps(extra))};
+            document.getElementById("sweep-button").click();
+        }})()""")
+        opened = "location.hash.startsWith('#/sweeps/') && location.hash.slice(9)"
+        sweep_id = str(await page.wait_for(opened, 60, "the new sweep's page"))
         await page.wait_for("document.body.dataset.sweepStatus === 'succeeded'", 1500, "the sweep to succeed")
         sweep = httpx.get(f"{live.url}/sweeps/{sweep_id}").json()
         assert await page.js("document.getElementById('sweep-plot').dataset.points") == "5"
@@ -223,13 +233,14 @@ async def sweep_scenario(ws_url: str, live: Live, sweep_id: str, downloads: Path
         await page.wait_for(f"{row} !== null", 15, "the sweep in the list")
         await page.call("Runtime.evaluate", expression="0")  # drain events emitted by the last page
         assert page.errors == []
+    return sweep_id
 
 
 @pytest.mark.timeout(1800)
 def test_sweep_of_five_ratios_plots_its_front(chromium: str, server: Live, tmp_path: Path) -> None:
     model, dataset = sweep_inputs(tmp_path / "inputs")
-    sweep_id = start_sweep(server, model, dataset)["id"]
-    asyncio.run(sweep_scenario(chromium, server, sweep_id, tmp_path / "downloads"))
+    ids = store_inputs(server, model, dataset)
+    sweep_id = asyncio.run(sweep_scenario(chromium, server, ids, tmp_path / "downloads"))
 
     sweep = httpx.get(f"{server.url}/sweeps/{sweep_id}").json()
     assert sweep["status"] == "succeeded"
