@@ -87,6 +87,8 @@ class PreflightOut(BaseModel):
     dataset_checked: bool = Field(description="false: no dataset sent, random inputs of the model's size")
     params: int
     flops: int
+    cost: dict[str, int] = Field(description="the cost estimator's {params_bytes, peak_activation_bytes, "
+                                             "flops_per_sample} (activations of one sample's forward pass)")
     groups: list[dict[str, Any]] = Field(description="what the method prunes (channel groups or layers)")
     excluded: list[dict[str, Any]] = Field(description="[{layer, reason}]: left alone, and why")
     unsupported: list[dict[str, Any]] = Field(description="left alone because an op cannot be modelled")

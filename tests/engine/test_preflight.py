@@ -54,6 +54,7 @@ def test_a_flops_target_lands_where_the_jobs_bisection_does(resnet20: Path) -> N
     assert abs(predicted["flops_reduction"] - job) / job <= 0.02
     assert ratio["flops"] > predicted["flops"]  # 0.3 keeps more than the 2x target's ratio
     assert answer["flops"] == count_macs(model, (3, 32, 32))
+    assert answer["cost"]["flops_per_sample"] == 2 * answer["flops"]  # the cost estimator's count (issue 15)
     assert answer["onnx_roundtrip"]["passed"]
 
 

@@ -17,6 +17,7 @@ CIFAR's 3x32x32 for the zoo) and random pixels stand in for the data: no accurac
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ from workers.compression.methods.structured import (
 )
 from workers.compression.methods.tpp_schedule import make_tpp_schedule
 from workers.compression.methods.unstructured import MIN_KEEP
+from workers.compression.module_cost import estimate_module_cost
 from workers.compression.pipeline import check_exportable, check_fits, load_inputs
 from workers.compression.preprocessing import Preprocessing
 
@@ -82,6 +84,8 @@ def run_preflight(model_path: Path, config: JobConfig, *, dataset_path: Path | N
     model, data = inputs.model, inputs.data
     example = torch.zeros((1, *data.input_shape))  # (1, C, H, W) or (1, F)
     dense_params, dense_flops = count_params(model).params, count_macs(model, data.input_shape)
+    # The cost estimator's figures (issue 15), on a copy: it moves the module to the meta device.
+    cost = dataclasses.asdict(estimate_module_cost(copy.deepcopy(model), data.input_shape))
     wanted = [config.target, *[t for t in targets if t != config.target]]
     if config.method in ("l1", "tpp"):
         # Only the selection options matter here (TPP's schedule and L1's extra steps do not).
@@ -101,7 +105,8 @@ def run_preflight(model_path: Path, config: JobConfig, *, dataset_path: Path | N
     return {
         "ok": not problems, "problems": problems, "model_format": inputs.model_format,
         "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-        "dataset_checked": inputs.from_dataset, "params": dense_params, "flops": dense_flops, **analysis,
+        "dataset_checked": inputs.from_dataset, "params": dense_params, "flops": dense_flops, "cost": cost,
+        **analysis,
         "targets": predicted, "onnx_roundtrip": roundtrip, "estimate_s": seconds,
         "estimate_basis": _basis(seconds, inputs.from_dataset), "elapsed_s": time.perf_counter() - started,
     }

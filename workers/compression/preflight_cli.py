@@ -79,6 +79,10 @@ def render(answer: dict[str, Any]) -> str:
              f"groups     {len(answer['groups'])} prunable, {len(answer['excluded'])} left alone, "
              f"{len(answer['unsupported'])} unsupported"]
     lines += [f"  left alone {e['layer']}: {e['reason']}" for e in answer["excluded"][:10]]
+    cost = answer["cost"]
+    lines.append(f"cost       {cost['params_bytes'] / 2**20:,.1f} MiB of weights, "
+                 f"{cost['peak_activation_bytes'] / 2**20:,.1f} MiB of activations and "
+                 f"{cost['flops_per_sample'] / 1e9:,.3g} GFLOPs per sample")
     for t in answer["targets"]:
         goal = ", ".join(f"{k} {v:g}" for k, v in t["target"].items())
         if t["reachable"]:
