@@ -194,8 +194,9 @@ def _nonfinite(tensor: onnx.TensorProto) -> int:
     kind = _FLOAT_KINDS.get(tensor.data_type)
     if kind is None:
         return 0
-    if tensor.raw_data:
-        return nonfinite_count(tensor.raw_data, kind)
+    raw = tensor.raw_data  # one copy out of the message, however large
+    if raw:
+        return nonfinite_count(raw, kind)
     if kind in ("F16", "BF16"):  # stored as their bit patterns in int32_data
         return nonfinite_count(np.asarray(tensor.int32_data, np.uint16), kind)
     values = np.asarray(tensor.double_data if kind == "F64" else tensor.float_data)
