@@ -22,6 +22,7 @@ from service.jobs import repository
 from service.jobs.admission import admit_uploads
 from service.jobs.inputs import check_model_fits, parse_config
 from service.jobs.states import is_terminal
+from service.jobs.stored_inputs_repository import hold_inputs
 from service.limits import check_unfinished_quota
 from service.queue import send_wakeup
 from service.settings import Settings
@@ -151,6 +152,7 @@ class JobService:
                                            code="idempotency_conflict")
                         return earlier, False
                 check_unfinished_quota(session, self.settings, tenant)  # under a lock, in this transaction
+                hold_inputs(session, tenant=tenant, ids=[f.input_id for f in (model, dataset) if f.input_id])
                 repository.create_job(session, job=job)
                 formats = {"model_format": model.format, "dataset_format": dataset_format}
                 repository.record_event(session, job_id=job_id, epoch=0, kind="created", actor="api",

@@ -111,7 +111,7 @@ class StoredInputs:
     def delete(self, *, tenant: str, kind: InputKind, input_id: str) -> None:
         """Deletes a stored input: refused (409 in_use) while an unfinished job names it; object, then row."""
         with session_scope(self.jobs.sessions) as session:
-            row = inputs_repo.get_input(session, tenant=tenant, kind=kind, input_id=input_id)
+            row = inputs_repo.get_input(session, tenant=tenant, kind=kind, input_id=input_id, for_update=True)
             if row is None:
                 raise NotFound(f"no stored {kind} {input_id}")
             users = inputs_repo.unfinished_users(session, tenant=tenant, input_id=input_id)

@@ -8,6 +8,7 @@ from sqlalchemy import CursorResult, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.models import InputFile, Job
+from service.errors import NotFound
 from service.jobs.states import TERMINAL
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "delete_input",
     "find_by_sha256",
     "get_input",
+    "hold_inputs",
     "input_bytes",
     "list_inputs",
     "unfinished_users",
@@ -28,11 +30,25 @@ def create_input(session: Session, *, row: InputFile) -> InputFile:
     return row
 
 
-def get_input(session: Session, *, tenant: str, kind: str, input_id: str) -> InputFile | None:
-    """Returns the tenant's stored model or dataset, or None (missing, another kind, another tenant's)."""
+def get_input(session: Session, *, tenant: str, kind: str, input_id: str,
+              for_update: bool = False) -> InputFile | None:
+    """Returns the tenant's stored model or dataset, or None (missing, another kind, another tenant's);
+    `for_update` locks its row until the transaction ends (PostgreSQL; SQLite has one writer anyway)."""
     stmt = select(InputFile).where(InputFile.id == input_id, InputFile.tenant == tenant,
                                    InputFile.kind == kind)
-    return session.execute(stmt).scalar_one_or_none()
+    return session.execute(stmt.with_for_update() if for_update else stmt).scalar_one_or_none()
+
+
+def hold_inputs(session: Session, *, tenant: str, ids: list[str]) -> None:
+    """Share-locks the stored inputs a job being inserted names, so a concurrent delete waits for the job
+    (and then sees it: 409 in_use); NotFound when one was deleted since the job resolved it."""
+    if not ids:
+        return
+    stmt = select(InputFile.id).where(InputFile.tenant == tenant, InputFile.id.in_(ids))
+    found = set(session.execute(stmt.with_for_update(read=True)).scalars())
+    missing = [input_id for input_id in ids if input_id not in found]
+    if missing:
+        raise NotFound(f"stored input {missing[0]} was deleted; store the file again")
 
 
 def find_by_sha256(session: Session, *, tenant: str, kind: str, sha256: str) -> InputFile | None:

@@ -3,6 +3,7 @@ sum that counts a stored file once, and the in-use refusal, through the service 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -11,24 +12,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.api.app import build_context
 from service.db.models import Job
 from service.db.session import session_scope
-from service.errors import Conflict
+from service.errors import Conflict, NotFound
 from service.jobs import repository
 from service.jobs.service import StoredInput
 from service.jobs.stored_inputs import StoredInputs
 from service.settings import Settings
 from service.storage import ObjectStore
-from service.storage.keys import input_key
+from service.storage.keys import InputKind, input_key
 from tests.integration.job_rows import TENANT, factory, settings, store
+from tests.integration.tiny_job import CONFIG
 
 __all__ = ["factory", "settings", "store"]  # fixtures, imported to be found
 
 
-def put(stored: StoredInputs, data: bytes) -> tuple[str, bool]:
-    """Stores `data` as a dataset, as the service does once an upload streamed in; returns (id, created)."""
+def put(stored: StoredInputs, data: bytes, kind: InputKind = "dataset") -> tuple[str, bool]:
+    """Stores `data` as the service does once an upload streamed in; returns (id, created)."""
     input_id, key = stored.new_key(TENANT)
     size, sha256 = stored.jobs.store.put_stream(key, [data])
-    upload = StoredInput(key=key, size=size, sha256=sha256, head=data[:64], format="parquet")
-    row, created = stored.register(tenant=TENANT, kind="dataset", input_id=input_id, upload=upload)
+    fmt = "parquet" if kind == "dataset" else "safetensors"
+    upload = StoredInput(key=key, size=size, sha256=sha256, head=data[:64], format=fmt)
+    row, created = stored.register(tenant=TENANT, kind=kind, input_id=input_id, upload=upload)
     return row.id, created
 
 
@@ -76,3 +79,20 @@ def test_stored_bytes_count_once_and_deletes_wait_for_unfinished_jobs(
     assert stored.list(tenant=TENANT, kind="dataset", limit=10) == []
     assert used(factory) == 3 * 10 + 500
     assert own  # a job with its own upload still counts it
+
+
+def test_a_job_cannot_name_an_input_deleted_after_it_was_resolved(
+    settings: Settings, factory: sessionmaker[Session], store: ObjectStore
+) -> None:
+    """The job's insert share-locks its stored inputs and finds one gone: 404, and no job row is left."""
+    jobs = build_context(settings.model_copy(update={"validate_uploads": False})).jobs
+    stored = StoredInputs(jobs)
+    model_id, _ = put(stored, b"weights", kind="model")
+    dataset_id, _ = put(stored, b"rows" * 100)
+    model, dataset = stored.for_job(tenant=TENANT, model_id=model_id, dataset_id=dataset_id)
+    stored.delete(tenant=TENANT, kind="dataset", input_id=dataset_id)  # lands between resolve and insert
+    with pytest.raises(NotFound):
+        jobs.submit(tenant=TENANT, job_id=str(uuid.uuid4()), config_text=json.dumps(CONFIG), model=model,
+                    dataset=dataset, idempotency_key=None)
+    with session_scope(factory) as session:
+        assert repository.count_unfinished_jobs(session, tenant=TENANT) == 0
