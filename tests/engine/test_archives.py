@@ -96,13 +96,14 @@ def test_every_zip_method_and_zip64_and_prepended_data_read_back(
     tmp_path: Path, method: int, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Members come back byte for byte whatever the compression, with ZIP64 directory fields (as an archive
-    over 4 GiB has them) and with bytes prepended to the archive (as a self-extractor has)."""
+    over 4 GiB has them), an archive comment, and bytes prepended to the archive (as a self-extractor has)."""
     monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 64)  # every later offset goes to a ZIP64 extra field
     plain = tmp_path / "d.zip"
     with zipfile.ZipFile(plain, "w", method) as zf:
         zf.writestr("data/", b"")  # a directory entry
         for name, data in LAYOUT.items():
             zf.writestr(f"data/{name}", data)
+        zf.comment = b"PK\x05\x06 a comment that looks like an end record"
     prepended = tmp_path / "sfx.zip"
     prepended.write_bytes(b"#!/bin/sh\nexit 0\n" * 50 + plain.read_bytes())
     for path in (plain, prepended):

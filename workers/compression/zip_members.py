@@ -167,9 +167,7 @@ def _directory(f: BinaryIO) -> _Directory:
     tail_start = max(0, end - _EOCD.size - _MAX_COMMENT)
     f.seek(tail_start)
     tail = f.read()
-    at = tail.rfind(b"PK\x05\x06", 0, max(0, len(tail) - _EOCD.size + 4))
-    if at < 0:
-        raise zipfile.BadZipFile("File is not a zip file")
+    at = _end_record(tail)
     fields = _EOCD.unpack(tail[at:at + _EOCD.size])
     disk, disk_cd, count, size, offset = fields[1], fields[2], fields[4], fields[5], fields[6]
     location = tail_start + at
@@ -191,6 +189,20 @@ def _directory(f: BinaryIO) -> _Directory:
     if concat < 0:
         raise zipfile.BadZipFile("the central directory lies outside the file")
     return _Directory(offset, size, count, concat)
+
+
+def _end_record(tail: bytes) -> int:
+    """Returns where the end record starts in the file's last bytes: the last signature whose comment
+    length reaches exactly the end (a comment may hold the signature too), else the last signature."""
+    found, end = -1, max(0, len(tail) - _EOCD.size + 4)
+    while (at := tail.rfind(b"PK\x05\x06", 0, end)) >= 0:
+        found = at if found < 0 else found
+        if at + _EOCD.size + int.from_bytes(tail[at + 20:at + 22], "little") == len(tail):
+            return at
+        end = at + 3
+    if found < 0:
+        raise zipfile.BadZipFile("File is not a zip file")
+    return found
 
 
 def _take(f: BinaryIO, n: int, left: int) -> bytes:
