@@ -4,6 +4,8 @@ Multipart (`model` file, optional `dataset` file, `config` and optional `targets
 a private temp folder under the upload size limit; JSON (`{"model_id", "dataset_id"?, "config",
 "targets"?}`) names stored inputs. The engine's `secateur preflight` then runs on the files in the upload
 sandbox (service/jobs/preflight_sandbox.py). A model no job could prune is the job's own typed 4xx.
+With `SECATEUR_PREFLIGHT_URL` set (an API image without torch), the request is forwarded to the service
+there instead, and its answer returned as it is (service/api/preflight_forward.py).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppContext, ContextDep, TenantDep
+from service.api.preflight_forward import FORWARDED, forward_preflight
 from service.api.uploads import _Events, _feed
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.jobs.inputs import parse_config
@@ -101,10 +104,12 @@ class PreflightOut(BaseModel):
 
 @router.post("/preflight", response_model=PreflightOut, openapi_extra=_UPLOAD_OPENAPI,
              responses={status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)})
-async def preflight(request: Request, context: ContextDep, tenant: TenantDep) -> PreflightOut:
+async def preflight(request: Request, context: ContextDep, tenant: TenantDep) -> PreflightOut | Response:
     """Checks in seconds whether a job can prune this model: loading, input shape and classes, prunable
     groups (and what is left out and why), predicted params/FLOPs per target, the dense ONNX round trip
     and a duration estimate. Nothing is stored or queued."""
+    if context.settings.preflight_url and FORWARDED not in request.headers:
+        return await forward_preflight(request, context.settings)  # an API without the engine
     with tempfile.TemporaryDirectory(prefix="secateur-preflight-in-") as tmp:  # mode 0700, removed after
         folder = Path(tmp)
         if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
