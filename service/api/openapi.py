@@ -40,6 +40,10 @@ JOB_EXAMPLE: dict[str, Any] = {
     "started_at": "2026-12-01T10:00:02Z", "finished_at": None,
     "links": {"self": _EXAMPLE_PATH, "report": None, "model": None, "model_zst": None,
               "events": f"{_EXAMPLE_PATH}/events", "cancel": f"{_EXAMPLE_PATH}/cancel"},
+    "inputs": {"model_id": "0b6f3c52-7f0e-4a3e-9d2b-9a4f4c3e2a10", "dataset_id": None,
+               "model_sha256": "e19069dd9dee659f8fe9a5eaf1242ee894f187e1e32b2eb6f8a33cfa5ab405e0",
+               "dataset_sha256": "9ce914f7ee2c061c75c15f2cde50c762cc2dc7010084a786c29d317397fe0e30"},
+    "rerun_of": None,
 }
 
 # A typical answer per status, shown with every error response (codes: README's API section).

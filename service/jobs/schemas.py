@@ -13,7 +13,8 @@ from service.db.models import Job
 from service.jobs.states import ACTIVE, TERMINAL
 from workers.compression.hooks import STAGES
 
-__all__ = ["ErrorBody", "ErrorOut", "JobLinks", "JobOut", "JobPage", "JobStatus", "ProgressOut", "job_out"]
+__all__ = ["ErrorBody", "ErrorOut", "JobInputs", "JobLinks", "JobOut", "JobPage", "JobStatus", "ProgressOut",
+           "job_out"]
 
 # The database's STATUSES (a CHECK constraint holds rows to them; tests/service/test_openapi.py, this to it).
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -57,6 +58,15 @@ class JobLinks(BaseModel):
     cancel: str | None
 
 
+class JobInputs(BaseModel):
+    """What a job runs on: the stored inputs it names (null: files sent with the job) and their sha256."""
+
+    model_id: str | None
+    dataset_id: str | None
+    model_sha256: str
+    dataset_sha256: str
+
+
 class JobOut(BaseModel):
     """A job as the API shows it."""
 
@@ -72,6 +82,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     links: JobLinks
+    inputs: JobInputs
+    rerun_of: str | None = Field(default=None, description="the job this one reruns (POST /jobs/{id}/rerun)")
 
 
 class JobPage(BaseModel):
@@ -117,4 +129,6 @@ def job_out(job: Job, now: datetime) -> JobOut:
     return JobOut(id=job.id, status=cast(JobStatus, job.status), stage=job.stage, progress=progress,
                   config=job.config, metrics=job.metrics, error=error, attempt=job.attempt,
                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-                  links=links)
+                  links=links, rerun_of=job.rerun_of,
+                  inputs=JobInputs(model_id=job.model_id, dataset_id=job.dataset_id,
+                                   model_sha256=job.model_sha256, dataset_sha256=job.dataset_sha256))

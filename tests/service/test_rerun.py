@@ -98,6 +98,8 @@ async def test_a_rerun_on_cpu_reproduces_kept_weights_and_accuracy_exactly(
         assert rerun[side]["accuracy"] == original[side]["accuracy"]
     job = (await api.client.get(f"/jobs/{rerun_id}")).json()
     assert job["metrics"]["reproduced"]["kept_equal"] is True
+    assert job["rerun_of"] == original_id
+    assert job["inputs"]["model_sha256"] == manifest["inputs"]["model_sha256"]
     # The rerun named stored inputs (promoted from an uploaded job's own files), so it needs no upload.
     row = api.context.jobs.get(tenant="public", job_id=rerun_id)
     assert row.model_id is not None

@@ -124,6 +124,9 @@ async def test_a_json_job_is_recorded_on_its_stored_inputs(api: Api) -> None:
     dataset = await store(api, "dataset", npz_dataset())
     response = await submit_ids(api, model_id, dataset.json()["id"], config=CONFIG)
     assert response.status_code == 202, response.text
+    assert response.json()["inputs"] == {"model_id": model_id, "dataset_id": dataset.json()["id"],
+                                         "model_sha256": hashlib.sha256(safetensors_model()).hexdigest(),
+                                         "dataset_sha256": dataset.json()["sha256"]}
     job = api.context.jobs.get(tenant="public", job_id=response.json()["id"])
     assert (job.model_id, job.dataset_id) == (model_id, dataset.json()["id"])
     assert job.dataset_sha256 == dataset.json()["sha256"]
