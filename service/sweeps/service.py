@@ -89,12 +89,16 @@ class SweepService:
                                   "fewer targets", code="too_many_active_jobs", headers={"Retry-After": "30"})
 
     def _undo(self, tenant: str, sweep_id: str, job_ids: list[str]) -> None:
-        """Takes back a sweep whose creation failed part-way: cancels its queued jobs, drops its row."""
+        """Takes back a sweep whose creation failed part-way: cancels and deletes its jobs, drops its row.
+
+        A job a worker claimed meanwhile is only asked to stop (it cannot be deleted while it runs).
+        """
         for job_id in job_ids:
             try:
                 self.jobs.cancel(tenant=tenant, job_id=job_id)
+                self.jobs.delete(tenant=tenant, job_id=job_id)
             except Exception:  # best effort: the caller is already failing
-                log.exception("sweep %s: could not cancel job %s", sweep_id, job_id)
+                log.warning("sweep %s: job %s could not be taken back (it may be running)", sweep_id, job_id)
         with session_scope(self.jobs.sessions) as session:
             repository.delete_sweep(session, tenant=tenant, sweep_id=sweep_id)
 

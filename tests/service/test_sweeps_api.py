@@ -14,7 +14,9 @@ from sqlalchemy import func, select
 
 from service.db.models import Job, Sweep
 from service.db.session import session_scope
+from service.errors import Unavailable
 from service.jobs import repository
+from service.jobs.service import JobService
 from tests.service.conftest import CONFIG, Api, npz_dataset, safetensors_model
 
 pytestmark = pytest.mark.anyio
@@ -204,3 +206,25 @@ async def test_a_sweep_whose_jobs_were_deleted_one_by_one_can_still_be_deleted(m
         assert (await api.client.delete(f"/jobs/{body['jobs'][0]}")).status_code == 204
         assert (await api.client.get(f"/sweeps/{body['id']}")).json()["points"] == []
         assert (await api.client.delete(f"/sweeps/{body['id']}")).status_code == 204
+
+
+async def test_a_sweep_that_fails_part_way_leaves_no_job_and_no_sweep(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make_api(max_active_jobs_per_tenant=8) as api:
+        submit = JobService.submit
+        calls = []
+
+        def third_fails(self: JobService, **kwargs: Any) -> Any:
+            """Submits, except the third point, which meets a database outage."""
+            calls.append(1)
+            if len(calls) == 3:
+                raise Unavailable("the database went away")
+            return submit(self, **kwargs)
+
+        monkeypatch.setattr(JobService, "submit", third_fails)
+        response = await create(api)
+        assert (response.status_code, response.json()["error"]["code"]) == (503, "service_unavailable")
+        assert len(calls) == 3
+        assert count(api, Job) == 0
+        assert count(api, Sweep) == 0
