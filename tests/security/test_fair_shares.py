@@ -11,11 +11,12 @@ from typing import Any
 import anyio
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from service.db.models import Job
 from service.db.session import session_scope
 from service.errors import TooManyRequests
-from service.jobs import admission
+from service.jobs import admission, repository
 from service.jobs import service as job_service
 from service.jobs.states import TERMINAL
 from service.limits import FairShares
@@ -143,11 +144,22 @@ async def _race(api: SecureApi, submissions: int) -> list[int]:
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_concurrent_submissions_never_pass_the_unfinished_jobs_quota(
     make_secure_api: AsyncApiFactory, request: pytest.FixtureRequest, database: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     quota, submissions = 4, 20
+    real_insert = repository.create_job
+
+    def slow_insert(session: Session, *, job: Job) -> Job:
+        time.sleep(0.1)  # a slow database widens the window between counting and inserting
+        return real_insert(session, job=job)
+
+    monkeypatch.setattr(repository, "create_job", slow_insert)
     url = request.getfixturevalue("postgres_url") if database == "postgresql" else ""
-    async with make_secure_api(validate_uploads=False, max_active_jobs_per_tenant=quota,
-                               database_url=url) as api:
+    # Shares as wide as the burst: one process's per-tenant share would serialize the submissions itself;
+    # this stands for many API replicas, where only the database's lock does.
+    async with make_secure_api(validate_uploads=False, max_active_jobs_per_tenant=quota, database_url=url,
+                               sandbox_concurrency=submissions,
+                               sandbox_concurrency_per_tenant=submissions) as api:
         statuses = await _race(api, submissions)
         unfinished = _unfinished(api, "acme")
     FIGURES.append(f"quota race ({database}): {submissions} concurrent POST /jobs, a quota of {quota}: "
