@@ -1,10 +1,11 @@
 """A ceiling on every job: a memory limit and a CPU-time budget; crossing either fails it resources_exceeded.
 
-- Memory: on a CPU job the process's soft RLIMIT_AS is lowered to `job_memory_bytes` for the job's length
-  (an allocation beyond it raises MemoryError, which the runner turns into the code), so its resident size
-  can never pass the ceiling. CUDA reserves far more address space than it uses, so a CUDA job instead gets
-  a watcher thread that stops it when its resident size crosses the ceiling. The soft limit is restored
-  afterwards (only the soft one is touched: a worker process that runs jobs in-process lives on).
+- Memory: on a CPU job the process's soft RLIMIT_AS is lowered for the job's length so that new memory
+  can take its resident size to `job_memory_bytes` and no further (an allocation beyond it raises
+  MemoryError, which the runner turns into the code). CUDA reserves far more address space than it uses,
+  so a CUDA job relies on the watcher thread, which stops any job whose resident size crosses the ceiling.
+  The soft limit is restored afterwards (only the soft one is touched: a process that runs jobs in-process
+  lives on).
 - CPU: between two progress events (a training step, a stage) a job may use `job_step_cpu_s` CPU seconds,
   or more when the model's estimate says one step needs it (3 forward passes' FLOPs per sample, times the
   batch, at a pessimistic `job_cpu_flops_per_s`, times ten). A forward pass that runs for hours (20,000
@@ -98,10 +99,14 @@ def out_of_host_memory(exc: BaseException) -> bool:
 
 
 def resident_bytes() -> int:
-
     """Returns this process's resident set size now (Linux /proc; 0 where unavailable)."""
+    return _statm(1)
+
+
+def _statm(field: int) -> int:
+    """Returns one /proc/self/statm field in bytes (0: mapped size, 1: resident size); 0 if unreadable."""
     try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * _PAGE
+        return int(Path("/proc/self/statm").read_text().split()[field]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
 
@@ -109,9 +114,14 @@ def resident_bytes() -> int:
 @contextlib.contextmanager
 def watched(ceiling: Ceiling, *, cuda: bool, last_step_cpu_s: Callable[[], float],
             on_exceeded: Callable[[str], None]) -> Iterator[None]:
-    """Runs the block under the ceiling: RLIMIT_AS (CPU jobs) and a watcher of RSS and CPU per step."""
+    """Runs the block under the ceiling: RLIMIT_AS (CPU jobs) and a watcher of RSS and CPU per step.
+
+    The address-space limit is what is mapped now plus what the ceiling leaves above what is resident now:
+    torch maps ~3.7 GiB of libraries it never reads in full, which would otherwise eat the allowance.
+    """
     previous = resource.getrlimit(resource.RLIMIT_AS)
-    limited = not cuda and _lower_address_space(ceiling.memory_bytes, previous)
+    allowance = _statm(0) + max(0, ceiling.memory_bytes - resident_bytes())
+    limited = not cuda and _lower_address_space(allowance, previous)
     stop = threading.Event()
     thread = threading.Thread(target=_watch, args=(ceiling, stop, last_step_cpu_s, on_exceeded),
                               name="ceiling", daemon=True)

@@ -1,8 +1,9 @@
-"""The cost of a built-in architecture (zoo or library) for weights, estimated on the meta device.
+"""The cost of a torch module: a built-in architecture (zoo or library) estimated on the meta device.
 
 The same `ModelCost` as `onnx_cost` gives for an ONNX upload: weight bytes, the bytes of every tensor a
 forward pass of one sample produces, and its FLOPs (torch's own FlopCounterMode; multiply-adds count as
-2). Nothing is allocated: the module is built and run on the meta device, where tensors have shapes only.
+2). For a built-in architecture nothing is allocated: it is built and run on the meta device, where
+tensors have shapes only; a loaded model runs one zero sample where its weights are.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ def estimate_zoo_cost(architecture: str, input_shape: tuple[int, ...], num_class
 
 
 def estimate_module_cost(module: nn.Module, input_shape: tuple[int, ...]) -> ModelCost:
-    """Runs one sample through `module` on the meta device, counting FLOPs and every leaf's output bytes."""
-    module = module.to("meta").eval()
-    params = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    """Runs one sample through `module` in eval mode, counting FLOPs and every leaf's output bytes: on the
+    meta device when the module is built there (nothing allocated), else one zero sample where its weights
+    are (a loaded model, e.g. a converted ONNX graph that reads values, which the meta device cannot run;
+    its graph's cost was checked when it was loaded). The module is left as it was."""
+    tensors = [*module.parameters(), *module.buffers()]
+    params = sum(t.numel() * t.element_size() for t in tensors)
+    device = tensors[0].device if tensors else torch.device("cpu")
     produced = [0]
 
     def count(_: nn.Module, __: object, output: object) -> None:
@@ -43,10 +48,13 @@ def estimate_module_cost(module: nn.Module, input_shape: tuple[int, ...]) -> Mod
 
     handles: list[RemovableHandle] = [m.register_forward_hook(count) for m in module.modules()
                                       if not list(m.children())]
+    training = module.training
+    module.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(torch.empty(1, *input_shape, device="meta"))
+            module(torch.zeros(1, *input_shape, device=device))
     finally:
+        module.train(training)
         for handle in handles:
             handle.remove()
     return ModelCost(params_bytes=params, peak_activation_bytes=produced[0],
