@@ -2,7 +2,7 @@
 archive grows?
 
     python -m bench.data_loading throughput [--gigabytes 0.2] [--steps 12] [--batch-size 32]
-    python -m bench.data_loading rss [--gigabytes 2 20] [--steps 30] [--tmp DIR]
+    python -m bench.data_loading rss [--gigabytes 2 20] [--archives ZIP...] [--steps 30] [--tmp DIR]
 
 Archives are generated: an ImageNet-style stored ZIP (`train/<class>/<n>.jpg`, 10 classes, no val/) of
 photo-like JPEGs of ImageNet's typical size (~500x375, ~65 KB), drawn from a pool of distinct images
@@ -135,19 +135,27 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def rss(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Runs one fresh process per archive size and records its peak RSS."""
+    """Runs one fresh process per archive (generated per size, or given with --archives) and records its
+    peak RSS."""
     records = []
+    for path in args.archives:
+        records.append(_measure_rss(path, None, args.steps))
     for gigabytes in args.gigabytes:
         with tempfile.TemporaryDirectory(prefix="bench-data-", dir=args.tmp) as tmp:
             path = Path(tmp) / "data.zip"
-            images = generate_archive(path, gigabytes)
-            child = subprocess.run([sys.executable, "-m", "bench.data_loading", "rss-child", str(path),
-                                    "--steps", str(args.steps)], capture_output=True, text=True, check=True)
-            result = json.loads(child.stdout.strip().splitlines()[-1])
-            records.append({"bench": "rss", "gigabytes": path.stat().st_size / 1e9, "images": images,
-                            **result})
-            print(json.dumps(records[-1]), flush=True)
+            records.append(_measure_rss(path, generate_archive(path, gigabytes), args.steps))
     return records
+
+
+def _measure_rss(path: Path, images: int | None, steps: int) -> dict[str, Any]:
+    """Runs rss-child on one archive in a fresh process; returns (and prints) its record."""
+    child = subprocess.run([sys.executable, "-m", "bench.data_loading", "rss-child", str(path),
+                            "--steps", str(steps)], capture_output=True, text=True, check=True)
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    record = {"bench": "rss", "gigabytes": path.stat().st_size / 1e9, "images": images or result["indexed"],
+              **result}
+    print(json.dumps(record), flush=True)
+    return record
 
 
 def rss_child(path: Path, steps: int) -> dict[str, Any]:
@@ -160,7 +168,8 @@ def rss_child(path: Path, steps: int) -> dict[str, Any]:
     index = bundle.index
     samples = sum(a.nbytes for a in (*index.train, *index.val))
     return {"peak_rss_mib": peak_kib / 1024, "index_s": indexed, "train_images_per_s": epoch["images_per_s"],
-            "val_images": bundle.val_samples, "steps": steps, "index": "packed",
+            "val_images": bundle.val_samples, "indexed": bundle.train_samples + bundle.val_samples,
+            "steps": steps, "index": "packed",
             "index_bytes_per_image": (index.source.nbytes + samples) / (bundle.train_samples
                                                                          + bundle.val_samples)}
 
@@ -196,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--steps", type=int, default=12)
     t.add_argument("--batch-size", type=int, default=32)
     r = sub.add_parser("rss")
-    r.add_argument("--gigabytes", type=float, nargs="+", default=[2.0, 20.0])
+    r.add_argument("--gigabytes", type=float, nargs="*", default=[2.0, 20.0])
+    r.add_argument("--archives", type=Path, nargs="*", default=[],
+                   help="also measure these archives, made before with generate_archive (kept)")
     r.add_argument("--steps", type=int, default=30)
     r.add_argument("--tmp", type=Path, default=None, help="where the archives are generated")
     c = sub.add_parser("rss-child")
