@@ -34,10 +34,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 
 def collect(
-    live: Live, job_id: str, headers: dict[str, str] | None = None, limit: int = 100
+    live: Live, job_id: str, headers: dict[str, str] | None = None, limit: int = 100,
+    events: list[SseEvent] | None = None,
 ) -> list[SseEvent]:
-    """Reads the job's event stream until the server closes it (or `limit` events)."""
-    events: list[SseEvent] = []
+    """Reads the job's event stream until the server closes it (or `limit` events), appending each event
+    to `events` (a new list by default) as it arrives."""
+    events = [] if events is None else events
     with httpx.Client(base_url=live.url, timeout=10) as http, \
             http.stream("GET", f"/jobs/{job_id}/events", headers=headers or {}) as response:
         assert response.status_code == 200
@@ -49,21 +51,29 @@ def collect(
     return events
 
 
+def _seen(events: list[SseEvent], count: int) -> None:
+    """Waits until the reader has received `count` events (each state its own event, even under load)."""
+    deadline = time.monotonic() + 20
+    while len(events) < count:
+        assert time.monotonic() < deadline, f"only {len(events)} events arrived, not {count}"
+        time.sleep(0.01)
+
+
 def test_events_follow_the_job_in_order_and_close_after_the_end(live: Live) -> None:
     job_id = live.worker.insert()
     events: list[SseEvent] = []
-    reader = threading.Thread(target=lambda: events.extend(collect(live, job_id)), daemon=True)
+    reader = threading.Thread(target=lambda: collect(live, job_id, events=events), daemon=True)
     reader.start()
-    w, pause = live.worker, 0.15  # pauses well above the 20 ms poll, so each state is its own event
-    time.sleep(pause)
+    w = live.worker  # each write waits for the previous state's event, so none is merged into the next
+    _seen(events, 1)
     lease = w.claim(job_id)
-    time.sleep(pause)
+    _seen(events, 2)
     w.progress(job_id, lease, "evaluating", fraction=0.05)
-    time.sleep(pause)
+    _seen(events, 3)
     for epoch in (1, 2):
         w.progress(job_id, lease, "finetuning", fraction=0.4 * epoch, epoch=epoch, epochs=2,
                    metrics={"loss": 1.0 / epoch})
-        time.sleep(pause)
+        _seen(events, 3 + epoch)
     w.succeed(job_id, lease, sample_report(), {"model.onnx": b"x", "model.onnx.zst": b"y"})
     reader.join(10)
     assert not reader.is_alive(), "the stream did not close after the terminal event"
