@@ -3,10 +3,15 @@
 - migrate and api: the API image's environment (`scripts/image_requirements.py api`, no torch) with the
   project's wheel, run as `secateur migrate` then `secateur serve --no-worker`, SECATEUR_AUTH=keys;
 - worker: `secateur worker` from the main venv (the worker image's requirements and more);
+- preflight: `secateur serve --no-worker` from the main venv (the worker image's engine), the API's
+  SECATEUR_PREFLIGHT_URL pointing at it;
 - PostgreSQL, Redis and a SeaweedFS S3 server, as the integration suite provides them.
 A key is created with the CLI; the job is submitted with the CLI, followed over server-sent events,
 then its ONNX is downloaded with the CLI (a presigned S3 redirect) and with the dashboard in headless
 Chromium (a download link streamed through the API), and both copies must be the same valid model.
+Meanwhile the job's model and dataset, stored through the API, are pre-flighted through the API by id:
+the torch-free API forwards the request, and the preflight process answers from the shared database and
+object store.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import onnx
@@ -29,7 +35,7 @@ from tests.e2e.browser import Page, chromium
 from tests.e2e.conftest import ApiClient
 from tests.integration.conftest import S3Server
 from tests.integration.processes import free_ports, maps_torch, secateur, secateur_env, spawn, stop
-from tests.integration.tiny_job import write_tiny_job
+from tests.integration.tiny_job import CLASSES, SHAPE, TinyJob, write_tiny_job
 
 __all__ = ["api_install", "chromium", "project_wheel"]  # the backing services come from tests/e2e/conftest.py
 
@@ -48,6 +54,9 @@ class Topology:
     api_pid: int
 
 
+PREFLIGHT_URL = "SECATEUR_PREFLIGHT_URL"  # compose gives it to the api service only
+
+
 def backends(postgres_url: str, redis_url: str, s3: S3Server) -> dict[str, str]:
     """The x-secateur-env block of docker-compose.yml, pointed at this machine's processes."""
     return {"SECATEUR_DATABASE_URL": postgres_url, "SECATEUR_BROKER_URL": redis_url, **s3.env(),
@@ -57,7 +66,7 @@ def backends(postgres_url: str, redis_url: str, s3: S3Server) -> dict[str, str]:
 @pytest.fixture
 def topology(api_install: ApiInstall, postgres_url: str, redis_url: str, s3_settings: S3Server,
              tmp_path: Path) -> Iterator[Topology]:
-    """migrate (one-shot), api and worker, as compose starts them; every process stopped at the end."""
+    """migrate (one-shot), api, preflight and worker, as compose starts them; all stopped at the end."""
     env = backends(postgres_url, redis_url, s3_settings)
 
     def once(*args: str) -> str:
@@ -67,17 +76,24 @@ def topology(api_install: ApiInstall, postgres_url: str, redis_url: str, s3_sett
 
     once("migrate")
     key = once("keys", "create", "--tenant", "acme").strip().splitlines()[-1]
-    (port,) = free_ports(1)
+    port, preflight_port = free_ports(2)
+    preflight_url = f"http://127.0.0.1:{preflight_port}"
+    preflight = spawn(secateur(["serve", "--host", "127.0.0.1", "--port", str(preflight_port),
+                                "--no-worker"]),
+                      env=secateur_env(env), log=tmp_path / "preflight.log", cwd=tmp_path)
     api = spawn(api_install.secateur("serve", "--host", "127.0.0.1", "--port", str(port), "--no-worker"),
-                env=api_install.env(env), log=tmp_path / "api.log", cwd=tmp_path)
+                env=api_install.env({**env, PREFLIGHT_URL: preflight_url}), log=tmp_path / "api.log",
+                cwd=tmp_path)
     worker = spawn(secateur(["worker", "--concurrency", "1", "--loglevel=warning"]),
                    env=secateur_env(env), log=tmp_path / "worker.log", cwd=tmp_path)
     try:
         ApiClient(f"http://127.0.0.1:{port}", tmp_path / "api.log").wait_healthy(api)
+        ApiClient(preflight_url, tmp_path / "preflight.log").wait_healthy(preflight)
         yield Topology(f"http://127.0.0.1:{port}", key, tmp_path, api.pid)
     finally:
         stop(worker)
         stop(api)
+        stop(preflight)
 
 
 def cli(top: Topology, *args: str) -> str:
@@ -103,6 +119,22 @@ def follow_events(top: Topology, job_id: str) -> list[str]:
     return statuses
 
 
+def preflight_by_ids(top: Topology, job: TinyJob) -> dict[str, Any]:
+    """Stores the job's model and dataset through the API, then pre-flights them by id through the API;
+    only the preflight process (torch) can answer 200, from the database and object store it shares."""
+    auth = {"Authorization": f"Bearer {top.key}"}
+    ids: dict[str, str] = {}
+    for kind, path in (("model", job.model), ("dataset", job.dataset)):  # an mlp needs the data's shape
+        stored = httpx.post(f"{top.url}/{kind}s", files={"file": (path.name, path.read_bytes())},
+                            headers=auth, timeout=60)
+        assert stored.status_code in (200, 201), stored.text
+        ids[f"{kind}_id"] = stored.json()["id"]
+    response = httpx.post(f"{top.url}/preflight", json={**ids, "config": json.loads(job.config)}, headers=auth, timeout=180)
+    assert response.status_code == 200, (response.text, (top.logs / "preflight.log").read_text()[-3000:])
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
 async def browser_download(ws_url: str, top: Topology, job_id: str, folder: Path) -> bytes:
     """Opens the job's page with the key saved in the dashboard, clicks ⬇ model.onnx, returns the file."""
     async with connect(ws_url, max_size=None) as ws:
@@ -124,12 +156,15 @@ async def browser_download(ws_url: str, top: Topology, job_id: str, folder: Path
         return data
 
 
-def test_compose_topology_submit_follow_and_download(topology: Topology, chromium: str, tmp_path: Path
-                                                     ) -> None:
+def test_compose_topology_submit_preflight_follow_and_download(topology: Topology, chromium: str,
+                                                               tmp_path: Path) -> None:
     job = write_tiny_job(tmp_path / "inputs")
     (tmp_path / "config.json").write_text(job.config)
     submitted = json.loads(cli(topology, "submit", str(job.model), str(job.dataset), "--config",
                                str(tmp_path / "config.json"), "--json"))
+    answer = preflight_by_ids(topology, job)  # while the worker runs the job
+    assert (answer["ok"], answer["input_shape"], answer["num_classes"]) == (True, list(SHAPE), CLASSES)
+    assert answer["targets"][0]["reachable"]
     statuses = follow_events(topology, submitted["id"])
     assert statuses[-1] == "succeeded", (statuses, (topology.logs / "worker.log").read_text()[-3000:])
     assert "running" in statuses
@@ -141,7 +176,7 @@ def test_compose_topology_submit_follow_and_download(topology: Topology, chromiu
     (tmp_path / "browser").mkdir()
     by_browser = asyncio.run(browser_download(chromium, topology, submitted["id"], tmp_path / "browser"))
     assert by_browser == by_cli
-    assert not maps_torch(topology.api_pid)  # the API ran, validated and served all this without torch
+    assert not maps_torch(topology.api_pid)  # the API validated, forwarded and served all this without torch
 
 
 def test_the_processes_get_the_settings_compose_gives_its_containers() -> None:
@@ -152,3 +187,13 @@ def test_the_processes_get_the_settings_compose_gives_its_containers() -> None:
     assert set(ours) == set(compose["x-secateur-env"])
     assert ours["SECATEUR_AUTH"] == compose["x-secateur-env"]["SECATEUR_AUTH"] == "keys"
     assert "--no-worker" in compose["services"]["api"]["command"]
+    services = compose["services"]
+    assert services["api"]["environment"][PREFLIGHT_URL] == "http://preflight:8000"
+    preflight = services["preflight"]
+    assert preflight["image"] == services["worker"]["image"]  # the engine's image, run as the API on CPU
+    assert preflight["command"][:2] == ["secateur", "serve"]
+    assert "--no-worker" in preflight["command"]
+    assert set(preflight["environment"]) - set(compose["x-secateur-env"]) == {"NVIDIA_VISIBLE_DEVICES"}
+    assert preflight["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert "ports" not in preflight  # reached by the api only
+    assert "deploy" not in preflight  # no GPU reserved
