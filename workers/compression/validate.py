@@ -3,8 +3,10 @@
 The service (service/jobs/sandbox.py) runs this in a fresh process whose environment holds no credentials.
 Before it opens either file it caps its own resources: address space, CPU seconds, open files, and a file
 size of 0 (it has no reason to write anything). Then it parses both inputs with the engine's own
-validators — the dataset first (it fixes the sample shape and class count), then the model against it —
-and prints one JSON line per stage and a last verdict line:
+validators — the dataset first (it fixes the sample shape and class count; an image dataset's pixels
+are counted from its headers against the pixel budget), then the model against it, its cost estimated
+at that shape and held to the limits it is given (`--max-params-bytes`, `--max-activation-bytes`,
+`--max-flops`: model_too_costly) — and prints one JSON line per stage and a last verdict line:
 
     {"stage": "dataset"}  {"stage": "model"}  {"ok": true, "model_format": ..., ...}
     or {"ok": false, "code": "invalid_model", "message": ...}
