@@ -6,6 +6,7 @@ upload sandbox runs real child processes.
 
 from __future__ import annotations
 
+import collections
 import json
 import socket
 import threading
@@ -31,6 +32,9 @@ from tests.security.uploads import CONFIG, linear_onnx, npz_dataset
 
 # Figures measured by the tests, printed at the end of the run (docs/security.md quotes them).
 FIGURES: list[str] = []
+# Every answer the security suite's API clients got, and those at or over 500 ("507 POST /jobs": a count).
+ANSWERS: collections.Counter[str] = collections.Counter()
+SERVER_ERRORS: collections.Counter[str] = collections.Counter()
 
 # Generous abuse limits, so only the tests about them ever meet them.
 RELAXED: dict[str, Any] = {"submit_burst": 10_000, "submit_rate_per_minute": 60_000.0,
@@ -39,6 +43,10 @@ RELAXED: dict[str, Any] = {"submit_burst": 10_000, "submit_rate_per_minute": 60_
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Prints the security figures this run measured."""
+    if ANSWERS:
+        errors = ", ".join(f"{n} x {what}" for what, n in sorted(SERVER_ERRORS.items())) or "none"
+        FIGURES.append(f"answers to the security suite's API clients: {ANSWERS.total()}; at or over 500: "
+                       f"{SERVER_ERRORS.total()} ({errors})")
     if FIGURES:
         terminalreporter.section("security figures")
         for line in FIGURES:
@@ -114,6 +122,13 @@ def make_keys(context: AppContext) -> dict[str, str]:
             "malformed": f"Bearer sk_{key_id}_not-a-secret", "wrong_secret": f"Bearer {wrong}"}
 
 
+async def _tally(response: httpx.Response) -> None:
+    """Counts an answer, and names it when it is a server error (the suite's "no 5xx" figure)."""
+    ANSWERS[str(response.status_code)] += 1
+    if response.status_code >= 500:
+        SERVER_ERRORS[f"{response.status_code} {response.request.method} {response.request.url.path}"] += 1
+
+
 @pytest.fixture
 def make_secure_api(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[SecureApi]]:
     """Returns `async with make_secure_api(**settings) as api`: a migrated app with keys, in keys mode."""
@@ -125,7 +140,8 @@ def make_secure_api(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager
         context: AppContext = app.state.context
         upgrade_head(context.engine)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     event_hooks={"response": [_tally]}) as client:
             yield SecureApi(client, context, settings.data_dir, make_keys(context))
         context.engine.dispose()
 
