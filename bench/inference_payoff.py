@@ -121,7 +121,7 @@ def table(lines: Sequence[dict[str, Any]]) -> str:
         if not structured:
             continue
         groups = by(structured, lambda x: (x["arch"], x["pr"], x["arm"]))
-        rows = [[arch, f"{pr:g}", tpp_table1.ARM_BY_KEY[arm].label, _ratio(g, "flops_reduction"),
+        rows = [[arch, f"{pr:g}", _structured_label(g[0]), _ratio(g, "flops_reduction"),
                  _ratio(g, "params_reduction"), *_speed_cells(g), str(len(g))]
                 for (arch, pr, arm), g in groups.items()]
         out += [f"**Structured (filter pruning). {title}.**", "",
@@ -144,6 +144,19 @@ def table(lines: Sequence[dict[str, Any]]) -> str:
 def _remeasured(results_dir: Path) -> list[dict[str, Any]]:
     """Returns the remeasured lines an earlier --remeasure recorded."""
     return [x for x in read_jsonl(results_dir / f"{BENCH}.jsonl") if x.get("latency_source") == "remeasured"]
+
+
+# Arms of runs taken before issue 12 (TPP's epochs-based schedule; their scale names reg LR and lambda_max):
+# the same keys now name other arms.
+OLD_ENGINE_LABELS = {"tpp": "TPP (2026-11 epochs schedule)", "tpp_nogram": "TPP w/o Gram (2026-11)",
+                     "l1_matched": "L1 + matched FT (2026-11)"}
+
+
+def _structured_label(line: dict[str, Any]) -> str:
+    """Returns the arm's table label; runs of the old TPP engine keep their own names."""
+    old = "lm" in line["run_id"].split("/")[1]
+    label = tpp_table1.ARM_BY_KEY[line["arm"]].label
+    return OLD_ENGINE_LABELS.get(line["arm"], label) if old else label
 
 
 def collect(results_dir: Path) -> list[dict[str, Any]]:
