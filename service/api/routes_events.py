@@ -11,8 +11,8 @@ closes. The event id is the row's `updated_at` in microseconds: a client reconne
 Streams are a shared cost (a poll each every half second), so they are bounded: at most
 `max_streams_per_tenant` open per tenant and `max_streams` per API process (429 `too_many_streams`
 beyond), each lives at most `stream_max_s` (the client resumes with `Last-Event-ID`), and every
-`stream_auth_recheck_s` an open stream re-checks its key: a revoked key's stream ends with an `error`
-event carrying the 401.
+`stream_auth_recheck_s` an open stream re-checks its key: a revoked key's stream is closed (after a
+comment line saying why, which clients ignore), and its reconnection gets the 401.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ __all__ = ["router"]
 POLL_S = 0.5  # how often an open stream re-reads the job row
 HEARTBEAT_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
 RETRY_MS = 2000  # the reconnection delay the stream suggests to EventSource clients
-_REVOKED = json.dumps({"error": {"code": "unauthorized", "message": "the API key of this stream is no longer "
-                                 "valid"}}, separators=(",", ":"))
 
 router = APIRouter(tags=["jobs"])
 
@@ -138,7 +136,7 @@ async def _stream(context: AppContext, credentials: HTTPAuthorizationCredentials
             return
         if time.monotonic() - checked >= settings.stream_auth_recheck_s:
             if await _revoked(context, credentials):
-                yield f"event: error\ndata: {_REVOKED}\n\n"
+                yield ": the API key of this stream was revoked\n\n"
                 return
             checked = time.monotonic()
         if time.monotonic() - last_sent >= HEARTBEAT_S:
