@@ -43,6 +43,7 @@ from workers.lease import JobLog, Lease, retry_db, worker_id
 from workers.progress import ProgressWriter
 from workers.rerun import rerun_fields
 from workers.settle import Settler
+from workers.sweep_baseline import SweepBaseline
 
 __all__ = ["CANCEL_REQUESTED", "LEASE_LOST", "JobLog", "Lease", "OutOfMemory", "ProgressWriter",
            "StorageCheckpoints", "dispose_engines", "run_job", "session_factory", "summarize", "worker_id"]
@@ -257,11 +258,15 @@ class JobRun:
             config = _with_batch_size(config, int(resume["batch_size"]))
         retries: list[dict[str, Any]] = []
         oom = _oom_errors()
+        shared = SweepBaseline(self.factory, self.lease.job_id, self.log)  # a sweep's points measure it once
         while True:
             checkpoints.batch_size = config.finetune.batch_size
             try:
-                report = _compress(model, dataset, config, out_dir, self.settings, progress, checkpoints)
+                report = _compress(model, dataset, config, out_dir, self.settings, progress, checkpoints,
+                                   shared)
                 report["oom_retries"] = retries
+                if shared.report() is not None:
+                    report["baseline_shared"] = shared.report()
                 return report
             except oom as exc:
                 size = config.finetune.batch_size
@@ -319,10 +324,12 @@ def _free_device_memory() -> None:
 
 
 def _compress(model: Path, dataset: Path, config: JobConfig, out_dir: Path, settings: Settings,
-              progress: ProgressWriter, checkpoints: StorageCheckpoints) -> dict[str, Any]:
+              progress: ProgressWriter, checkpoints: StorageCheckpoints, shared: SweepBaseline,
+              ) -> dict[str, Any]:
     """Calls the engine (imported here: torch loads only in the child that runs a job); CUDA when present."""
     from workers.compression.pipeline import compress
 
     result = compress(model_path=model, dataset_path=dataset, config=config, out_dir=out_dir, device="auto",
-                      threads=settings.torch_threads, on_progress=progress, checkpoints=checkpoints)
+                      threads=settings.torch_threads, on_progress=progress, checkpoints=checkpoints,
+                      baseline_cache=shared)
     return result.report
