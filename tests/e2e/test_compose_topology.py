@@ -9,7 +9,7 @@
 A key is created with the CLI; the job is submitted with the CLI, followed over server-sent events,
 then its ONNX is downloaded with the CLI (a presigned S3 redirect) and with the dashboard in headless
 Chromium (a download link streamed through the API), and both copies must be the same valid model.
-Meanwhile the job's model and dataset, stored through the API, are pre-flighted through the API by id:
+First the job's model and dataset, stored through the API, are pre-flighted through the API by id:
 the torch-free API forwards the request, and the preflight process answers from the shared database and
 object store.
 """
@@ -129,7 +129,8 @@ def preflight_by_ids(top: Topology, job: TinyJob) -> dict[str, Any]:
                             headers=auth, timeout=60)
         assert stored.status_code in (200, 201), stored.text
         ids[f"{kind}_id"] = stored.json()["id"]
-    response = httpx.post(f"{top.url}/preflight", json={**ids, "config": json.loads(job.config)}, headers=auth, timeout=180)
+    response = httpx.post(f"{top.url}/preflight", json={**ids, "config": json.loads(job.config)},
+                          headers=auth, timeout=180)
     assert response.status_code == 200, (response.text, (top.logs / "preflight.log").read_text()[-3000:])
     answer: dict[str, Any] = response.json()
     return answer
@@ -159,12 +160,12 @@ async def browser_download(ws_url: str, top: Topology, job_id: str, folder: Path
 def test_compose_topology_submit_preflight_follow_and_download(topology: Topology, chromium: str,
                                                                tmp_path: Path) -> None:
     job = write_tiny_job(tmp_path / "inputs")
+    answer = preflight_by_ids(topology, job)
+    assert (answer["ok"], answer["input_shape"], answer["num_classes"]) == (True, list(SHAPE), CLASSES)
+    assert answer["targets"][0]["reachable"]
     (tmp_path / "config.json").write_text(job.config)
     submitted = json.loads(cli(topology, "submit", str(job.model), str(job.dataset), "--config",
                                str(tmp_path / "config.json"), "--json"))
-    answer = preflight_by_ids(topology, job)  # while the worker runs the job
-    assert (answer["ok"], answer["input_shape"], answer["num_classes"]) == (True, list(SHAPE), CLASSES)
-    assert answer["targets"][0]["reachable"]
     statuses = follow_events(topology, submitted["id"])
     assert statuses[-1] == "succeeded", (statuses, (topology.logs / "worker.log").read_text()[-3000:])
     assert "running" in statuses
