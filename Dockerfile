@@ -9,7 +9,10 @@
 #            checked by its header here and against its architecture by the worker when it loads it.
 #            Moving every deep check to a worker-side pre-flight task would save the 131 MB but make each
 #            submit wait on the queue and a free GPU worker before it could answer 4xx or 202.
-#   worker - the data plane: CUDA torch + the engine; one worker container per GPU.
+#            POST /preflight needs the engine, so this image forwards it (SECATEUR_PREFLIGHT_URL) to the
+#            worker image run as `secateur serve --no-worker` on CPU (docker-compose.yml's `preflight`).
+#   worker - the data plane: CUDA torch + the engine; one worker container per GPU. Also the image of the
+#            `preflight` service (no GPU), which answers the api's forwarded pre-flights.
 # Build: docker build --target api -t secateur-api .   /   docker build --target worker -t secateur-worker .
 # Each image's requirement list comes from scripts/image_requirements.py, which tests/deploy and
 # tests/e2e/test_compose_topology.py use too, so CI runs the API from exactly this requirement set.
