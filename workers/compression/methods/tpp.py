@@ -276,10 +276,15 @@ def zero_out_warning(cost: float, ratio: float, options: TppOptions) -> str | No
     """Returns what to change when the zero-out cost more than 1 point, else None."""
     if cost <= WARN_COST:
         return None
-    fix = ("lower options.norm_ratio or raise options.max_reg_steps" if options.schedule == "adaptive"
-           else "use options.schedule 'adaptive', or raise options.scale (a longer ramp)")
-    return (f"the TPP zero-out cost {100 * cost:.2f} accuracy points (pruned filters still at {ratio:.2g} of "
-            f"the kept filters' norm when zeroed): {fix}")
+    if options.schedule == "authors":
+        fix = "use options.schedule 'adaptive', or raise options.scale (a longer, gentler ramp)"
+    elif ratio >= options.norm_ratio:  # the ramp hit its cap before the channels were negligible
+        fix = ("raise options.max_reg_steps (the ramp stopped at its cap), or options.scale for a longer, "
+               "gentler ramp; a lower pruning ratio also helps")
+    else:
+        fix = "lower options.norm_ratio"
+    return (f"the TPP zero-out cost {100 * cost:.2f} accuracy points (pruned channels still at {ratio:.2g} "
+            f"of the kept channels' norm when zeroed): {fix}")
 
 
 class TppMethod:
