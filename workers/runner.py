@@ -11,6 +11,7 @@ the child process that runs the job.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -32,13 +33,22 @@ from service.queue import send_wakeup
 from service.settings import Settings
 from service.storage import ObjectNotFound, StorageError, make_store
 from service.storage.keys import ARTIFACT_NAMES, artifact_key
+from workers.ceiling import ceiling_for, model_cost, out_of_host_memory, watched
 from workers.checkpoints import StorageCheckpoints
 from workers.compression.config import JobConfig
 from workers.compression.errors import CompressionError, JobStopped
 from workers.compression.hooks import Progress
 from workers.compression.preflight_verdict import PASSED as PREFLIGHT_PASSED
 from workers.compression.preflight_verdict import REFUSED as PREFLIGHT_REFUSED
-from workers.heartbeat import CANCEL_REQUESTED, DB_ERRORS, LEASE_LOST, SHUTDOWN, LeaseGuard, stronger
+from workers.heartbeat import (
+    CANCEL_REQUESTED,
+    DB_ERRORS,
+    LEASE_LOST,
+    RESOURCES_EXCEEDED,
+    SHUTDOWN,
+    LeaseGuard,
+    stronger,
+)
 from workers.lease import JobLog, Lease, retry_db, worker_id
 from workers.progress import ProgressWriter
 from workers.rerun import rerun_fields
@@ -131,6 +141,7 @@ class JobRun:
                  exit_process: Callable[[int], object]) -> None:
         self.lease, self.settings, self.factory, self.actor = lease, settings, factory, actor
         self.exit_process = exit_process
+        self.ceiling_detail = ""  # why the ceiling stopped the job, for its error message
         self.log = JobLog(log, {"job_id": lease.job_id, "epoch": lease.epoch})
         self.store = make_store(settings)
         assert lease.started_at is not None  # a claim sets it
@@ -150,14 +161,33 @@ class JobRun:
             finally:
                 self.guard.close()
 
+    @contextmanager
+    def _within_ceiling(self, model: Path) -> Iterator[None]:
+        """Holds the compression under its memory ceiling and CPU budget (workers/ceiling.py)."""
+        config = JobConfig.model_validate(self.lease.config)
+        ceiling = ceiling_for(self.settings, model_cost(model, self.lease.model_format),
+                              config.finetune.batch_size)
+        self.ceiling_detail = f"it crossed its ceiling ({ceiling.describe()})"
+
+        def exceeded(detail: str) -> None:
+            self.ceiling_detail = detail
+            self.log.warning("resources exceeded: %s", detail)
+            self.guard.request(RESOURCES_EXCEEDED)
+
+        with watched(ceiling, cuda=_uses_cuda(), last_step_cpu_s=lambda: self.guard.step_cpu_s,
+                     on_exceeded=exceeded):
+            yield
+
     def _run(self) -> str | None:
         """Sorts the attempt's outcome: success, a stop, a user error, infrastructure trouble or a bug."""
         try:
             metrics = self._execute()
         except JobStopped as stop:
             reason = stronger(stop.reason, self.guard.reason)
-            return self.settler.once(lambda: self.settler.stop(reason))
+            return self.settler.once(lambda: self.settler.stop(reason, self.ceiling_detail))
         except CompressionError as exc:
+            if out_of_host_memory(exc):  # a loader that typed the allocation failure as a bad input
+                return self._exceeded_memory()
             self.log.info("failed: %s: %s", exc.code, exc.message)
             code, message = exc.code, exc.message
             return self.settler.once(lambda: self.settler.finish("failed", code=code, message=message))
@@ -167,11 +197,23 @@ class JobRun:
             trouble = exc
             return self.settler.once(lambda: self._retry_later(trouble))
         except BaseException as exc:
+            if out_of_host_memory(exc):
+                return self._exceeded_memory()
+            if _disk_full(exc):  # the worker's disk, not the input: another attempt may find room
+                full = exc
+                return self.settler.once(lambda: self._retry_later(full))
             self._crashed(exc)
             if not isinstance(exc, Exception):
                 raise  # SystemExit / KeyboardInterrupt: the job is settled, the process still stops
             return "failed"
         return self.settler.once(lambda: self.settler.finish("succeeded", metrics=metrics))
+
+    def _exceeded_memory(self) -> str | None:
+        """Fails the job resources_exceeded: an allocation failed under its address-space ceiling."""
+        self.log.info("failed: out of memory under the job's ceiling")
+        message = f"the job was stopped: it needed more memory than its ceiling ({self.ceiling_detail})"
+        return self.settler.once(lambda: self.settler.finish("failed", code=RESOURCES_EXCEEDED,
+                                                             message=message))
 
     def _crashed(self, exc: BaseException) -> str | None:
         """Fails the job as an internal error (a bug, or an input gone from storage), with its trace."""
@@ -191,7 +233,7 @@ class JobRun:
 
     def _overdue(self, reason: str) -> None:
         """The watchdog's last resort: settle for `reason` from the heartbeat thread, then end the process."""
-        if self.settler.try_once(lambda: self.settler.stop(reason)):
+        if self.settler.try_once(lambda: self.settler.stop(reason, self.ceiling_detail)):
             self.exit_process(EXIT_OVERDUE)
         # else the runner's thread settled or is settling the job right now: it returns on its own
 
@@ -220,8 +262,9 @@ class JobRun:
             store.get_to_file(job_input_key(lease.tenant, lease.job_id, "model", lease.model_id), model)
             store.get_to_file(job_input_key(lease.tenant, lease.job_id, "dataset", lease.dataset_id), dataset)
             checkpoints = StorageCheckpoints(lease, store, self.factory, self.actor, self.log)
-            self._preflight(model, dataset)
-            report = self._compress_within_memory(model, dataset, work / "out", progress, checkpoints)
+            with self._within_ceiling(model):  # pre-flight runs the model too
+                self._preflight(model, dataset)
+                report = self._compress_within_memory(model, dataset, work / "out", progress, checkpoints)
             report.update(attempt=lease.attempt, resumed_from=checkpoints.resumed_from)
             if lease.rerun_of is not None:  # compare with the original: kept weights and accuracies
                 report.update(rerun_fields(store, lease.tenant, lease.rerun_of, report))
@@ -293,6 +336,23 @@ class JobRun:
             raise JobStopped(LEASE_LOST)
         if status == "cancelling":
             raise JobStopped(CANCEL_REQUESTED)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Tells whether an error (or one it was raised from) is a full disk or an exhausted quota."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _uses_cuda() -> bool:
+    """Tells whether the engine will pick CUDA (device "auto"); asked without starting a CUDA context."""
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _with_batch_size(config: JobConfig, batch_size: int) -> JobConfig:
