@@ -288,12 +288,22 @@ def test_tpp_on_imported_coupled_graph(image_data: DatasetBundle, tmp_path: Path
     assert len({kept[n] for n in kept if n.startswith(("b2", "short", "c2"))}) == 1
 
 
-@pytest.mark.parametrize("stop_at", [(REG_PHASE, 1), (REG_PHASE, 2), ("finetune", 1)])
+# Adaptive, fast: lambda +0.2 a step to 1 (step 5), then doubled every 2 steps, at most 40 steps; then a
+# group zeroed every 8 steps.
+FAST_ADAPTIVE = {"schedule": "adaptive", "scale": 1.0, "reg_granularity": 0.2, "growth": 1.0,
+                 "update_interval": 1, "doubling_steps": 2, "max_reg_steps": 40, "zero_out_interval": 8}
+
+
+@pytest.mark.parametrize(("stop_at", "options"), [
+    ((REG_PHASE, 1), {}), ((REG_PHASE, 2), {}), (("finetune", 1), {}),
+    ((REG_PHASE, 1), FAST_ADAPTIVE), ((REG_PHASE, 2), FAST_ADAPTIVE),
+])
 def test_resume_continues_the_regularization_phase(image_data: DatasetBundle, trained_cnn: TinyResNet,
-                                                  stop_at: tuple[str, int]) -> None:
-    """A job stopped mid-phase (lambda and the zero-out schedule restored from the hooks' state), right after
-    the phase (its final weights restored before removal) or in finetuning (structure rebuilt from the
-    recorded plan) ends bit-identical to an uninterrupted one, with the same report."""
+                                                  stop_at: tuple[str, int], options: dict[str, Any]) -> None:
+    """A job stopped mid-phase (lambda, the adaptive ramp's end and the zero-out schedule restored from the
+    hooks' state), right after the phase (its final weights restored before removal) or in finetuning
+    (structure rebuilt from the recorded plan) ends bit-identical to an uninterrupted one, with the same
+    report."""
     dense = copy.deepcopy(trained_cnn.state_dict())
 
     def attempt(store: MemoryCheckpoints | None, stop: tuple[str, int] | None) -> MethodResult:
@@ -305,10 +315,11 @@ def test_resume_continues_the_regularization_phase(image_data: DatasetBundle, tr
 
         model = TinyResNet()
         model.load_state_dict(dense)
-        ctx = _context(model, image_data, _config(), checkpoints=store, on_progress=on_progress)
+        ctx = _context(model, image_data, _config(**options), checkpoints=store, on_progress=on_progress)
         return TppMethod().run(ctx)
 
     reference = attempt(None, None)
+    assert reference.report["schedule"]["mode"] == options.get("schedule", "authors")
     store = MemoryCheckpoints()
     with pytest.raises(JobStopped):
         attempt(store, stop_at)
