@@ -83,11 +83,15 @@ def in_background(target: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def run_job(live: Live, outcome: str = "succeeded", job_id: str | None = None) -> Callable[[], None]:
-    """A fake worker run: claim, evaluate, two finetuning epochs with metrics, then `outcome`."""
+def run_job(live: Live, outcome: str = "succeeded", job_id: str | None = None,
+            following: threading.Event | None = None) -> Callable[[], None]:
+    """A fake worker run: claim, evaluate, two finetuning epochs with metrics, then `outcome`; with
+    `following`, it starts only once the client follows the job (a stream shows states, not history)."""
 
     def work() -> None:
         """Drives the job with pauses longer than the event poll, so each state is seen."""
+        if following is not None:
+            assert following.wait(120), "the client never followed the job"
         jid = job_id or newest_queued(live)
         w = live.worker
         epoch = w.claim(jid)
@@ -116,9 +120,20 @@ def submit_args(inputs: tuple[Path, Path], *extra: str) -> list[str]:
 
 
 def test_submit_wait_shows_progress_and_exits_zero(
-    env: Live, inputs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    env: Live, inputs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    worker = in_background(run_job(env))
+    following = threading.Event()
+    events = SecateurClient.events
+
+    def follow(client: SecateurClient, job_id: str, last_event_id: str | None = None) -> Iterator[Any]:
+        """Lets the fake worker start once the stream has sent its first event (a late client would
+        miss epoch 1: a stream shows the job's states from when it opens)."""
+        for event in events(client, job_id, last_event_id):
+            following.set()
+            yield event
+
+    monkeypatch.setattr(SecateurClient, "events", follow)
+    worker = in_background(run_job(env, following=following))
     assert main(submit_args(inputs, "--wait")) == 0
     worker.join(5)
     out, err = capsys.readouterr()
