@@ -22,7 +22,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AppContext, ContextDep, TenantDep
+from service.api.deps import AppContext, ContextDep, TenantDep, validation_shares
 from service.api.preflight_forward import FORWARDED, forward_preflight
 from service.api.uploads import _Events, _feed
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -103,7 +103,7 @@ class PreflightOut(BaseModel):
 
 
 @router.post("/preflight", response_model=PreflightOut, openapi_extra=_UPLOAD_OPENAPI,
-             responses={status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)})
+             responses={status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 429, 503)})
 async def preflight(request: Request, context: ContextDep, tenant: TenantDep) -> PreflightOut | Response:
     """Checks in seconds whether a job can prune this model: loading, input shape and classes, prunable
     groups (and what is left out and why), predicted params/FLOPs per target, the dense ONNX round trip
@@ -127,9 +127,10 @@ async def preflight(request: Request, context: ContextDep, tenant: TenantDep) ->
         parse_config(config_text)  # a bad config is refused before any child starts
         for target in targets:
             _target(target)
-        answer = await run_in_threadpool(run_preflight_child, context.settings, model=files["model"],
-                                         dataset=files.get("dataset"), config_text=config_text,
-                                         targets=targets)
+        async with validation_shares(request).hold(tenant, context.settings.sandbox_timeout_s):
+            answer = await run_in_threadpool(run_preflight_child, context.settings, model=files["model"],
+                                             dataset=files.get("dataset"), config_text=config_text,
+                                             targets=targets)
     return PreflightOut.model_validate(answer)
 
 
