@@ -90,10 +90,29 @@ class _Logits(nn.Module):
         return logits
 
 
+def _calibrate(module: nn.Module, size: int) -> None:
+    """Gives the BatchNorms statistics of their inputs, as training leaves a model a user exports: with
+    the init's (mean 0, variance 1) an eval-mode export of a deep random net (MobileOne's summed branches)
+    outputs ~1e6-scale logits that no trained model has, and its finetuning diverges for that reason."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the calibration batches
+    module.train()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(4):
+            module(torch.rand(8, 3, size, size, generator=generator))
+
+
 def _export(module: nn.Module, size: int, path: Path) -> Path:
-    """Exports like the docs show: legacy exporter, opset 17, a dynamic batch axis."""
+    """Exports like the docs show, from a model with calibrated BatchNorms: legacy exporter, opset 17, a
+    dynamic batch axis."""
     if hasattr(module, "config"):
         module = _Logits(module)
+    _calibrate(module, size)
     module.eval()
     torch.onnx.export(
         module,
