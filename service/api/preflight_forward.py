@@ -10,12 +10,12 @@ JSON. Not reaching that service, or an answer that is not JSON, is a coded 503, 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import Request, Response
 
-from service.errors import PayloadTooLarge, Unavailable
+from service.api.uploads import bounded_body
+from service.errors import Unavailable
 from service.settings import Settings
 
 __all__ = ["FORWARDED", "forward_preflight"]
@@ -38,7 +38,7 @@ async def forward_preflight(request: Request, settings: Settings) -> Response:
     try:
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:  # no proxy
             answer = await client.post(url, headers=[*headers, (FORWARDED, "1")],
-                                       content=_counted(request, settings.max_upload_bytes))
+                                       content=bounded_body(request, settings.max_upload_bytes))
     except httpx.TimeoutException as exc:
         log.warning("pre-flight service %s timed out: %r", url, exc)
         raise _unavailable(f"did not answer in time ({type(exc).__name__})") from None
@@ -51,16 +51,6 @@ async def forward_preflight(request: Request, settings: Settings) -> Response:
         raise _unavailable(f"answered {answer.status_code} without JSON")
     kept = {name: answer.headers[name] for name in _ANSWER_HEADERS if name in answer.headers}
     return Response(answer.content, status_code=answer.status_code, headers=kept)
-
-
-async def _counted(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """Yields the request body as it streams in, refusing it (413) once it passes `limit` bytes."""
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        yield chunk
 
 
 def _unavailable(what: str) -> Unavailable:

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppContext, ContextDep, TenantDep, validation_shares
 from service.api.json_body import StoredDatasetBody, is_json, read_json_body
-from service.api.uploads import _Events, _feed, new_parser
+from service.api.uploads import _Events, _feed, bounded_body, new_parser
 from service.bounds import bounded_strings
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.jobs.inputs import HEAD_BYTES
@@ -97,12 +97,9 @@ async def _receive_file(request: Request, path: Path, limit: int) -> None:
         raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
     events = _Events()
     parser = new_parser(boundary, events)
-    received, head, seen, done = 0, bytearray(), False, False
+    head, seen, done = bytearray(), False, False
     with path.open("wb") as out:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        async for chunk in bounded_body(request, limit):
             _feed(parser, chunk)
             items, events.items = events.items, []
             for kind, data in items:

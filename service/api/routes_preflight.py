@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppContext, ContextDep, TenantDep, validation_shares
 from service.api.preflight_forward import FORWARDED, forward_preflight
-from service.api.uploads import _Events, _feed
+from service.api.uploads import _Events, _feed, bounded_body
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.jobs.inputs import parse_config
 from service.jobs.preflight_sandbox import run_preflight_child
@@ -178,12 +178,9 @@ async def _receive(request: Request, folder: Path, limit: int) -> tuple[dict[str
     files: dict[str, Path] = {}
     out: BinaryIO | None = None
     current: str | None = None
-    received, done = 0, False
+    done = False
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        async for chunk in bounded_body(request, limit):
             _feed(parser, chunk)
             items, events.items = events.items, []
             for kind, data in items:

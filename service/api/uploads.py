@@ -8,7 +8,7 @@ are sniffed before the rest is stored, so a pickle is refused after one chunk, n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,10 +27,20 @@ from workers.compression.errors import InvalidConfig
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-__all__ = ["ReceivedUpload", "receive_file_upload", "receive_job_upload"]
+__all__ = ["ReceivedUpload", "bounded_body", "receive_file_upload", "receive_job_upload"]
 
 FILE_PARTS: tuple[InputKind, ...] = ("model", "dataset")
 _FLUSH = 1024 * 1024  # bytes gathered before one store write (a worker thread call)
+
+
+async def bounded_body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """Yields the request body as it streams in, refusing it (413) once it passes `limit` bytes."""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        yield chunk
 
 
 @dataclass(frozen=True)
@@ -131,11 +141,7 @@ class _Receiver:
             raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {self.limit}")
         events = _Events()
         parser = new_parser(boundary, events)
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > self.limit:
-                raise PayloadTooLarge(f"the request body is larger than the limit of {self.limit} bytes")
+        async for chunk in bounded_body(request, self.limit):
             _feed(parser, chunk)
             await self._replay(events)
         parser.finalize()
