@@ -33,6 +33,7 @@ def prepare(model: str, source: str, folder: Path, *, classes: int, size: int) -
     """Builds `model` with random weights and saves it as `source` says; returns (file, architecture)."""
     library, _, name = model.partition("/")
     module = _hf_model(name, classes) if library == "hf" else _library_model(model, classes, size)
+    _calibrate(module, size)
     if source == "onnx":
         return _export(module, size, folder / "model.onnx"), None
     if library == "hf":
@@ -91,16 +92,18 @@ class _Logits(nn.Module):
 
 
 def _calibrate(module: nn.Module, size: int) -> None:
-    """Gives the BatchNorms statistics of their inputs, as training leaves a model a user exports: with
-    the init's (mean 0, variance 1) an eval-mode export of a deep random net (MobileOne's summed branches)
-    outputs ~1e6-scale logits that no trained model has, and its finetuning diverges for that reason."""
+    """Gives the BatchNorms statistics of their inputs, as training leaves the model a user uploads: with
+    the init's (mean 0, variance 1) a deep random net in eval mode (MobileOne's summed branches, Inception,
+    EfficientNet) outputs 1e5-1e11-scale logits that no trained model has, so its finetuning diverges and
+    float rounding alone breaks the ONNX parity."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
+    module.eval()  # dropout and stochastic depth off: statistics of the paths that eval mode runs
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the calibration batches
-    module.train()
+        norm.train()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _ in range(4):
@@ -108,11 +111,9 @@ def _calibrate(module: nn.Module, size: int) -> None:
 
 
 def _export(module: nn.Module, size: int, path: Path) -> Path:
-    """Exports like the docs show, from a model with calibrated BatchNorms: legacy exporter, opset 17, a
-    dynamic batch axis."""
+    """Exports like the docs show: legacy exporter, opset 17, a dynamic batch axis."""
     if hasattr(module, "config"):
         module = _Logits(module)
-    _calibrate(module, size)
     module.eval()
     torch.onnx.export(
         module,
