@@ -109,9 +109,9 @@ def _stats(index: ImageIndex, channels: int, fit: torch.nn.Module, scale: float)
                            DEFAULT_LIMITS.max_image_pixels)
         except Unreadable:
             continue
-        x = fit(image).to(torch.float64) * scale  # (C, H, W)
-        total += x.sum((1, 2))
-        squares += (x * x).sum((1, 2))
+        x = fit(image).to(torch.float32) * scale  # (C, H, W): float32, summed into float64 totals
+        total += x.sum((1, 2), dtype=torch.float64)
+        squares += (x * x).sum((1, 2), dtype=torch.float64)
         count += x.shape[1] * x.shape[2]
     mean = total / max(count, 1)
     std = (squares / max(count, 1) - mean * mean).clamp_min(0).sqrt()
