@@ -369,9 +369,10 @@ def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str,
     lines = [
         "# Model coverage",
         "",
-        f"Made by `{command}` (random weights, {CLASSES} classes, {SIZE} px unless "
-        "the model needs more, 1 finetune epoch; the whole chain: load → prune → finetune → ONNX export → "
-        "onnxruntime parity → report). Regenerate it with the same command.",
+        f"Made by `{command}` (random weights with BatchNorm statistics calibrated on standardized noise, "
+        f"{CLASSES} classes, {SIZE} px unless the model needs more, 1 finetune epoch; the whole chain: "
+        "load → prune → finetune → ONNX export → onnxruntime parity → report; seconds are the job's CPU "
+        "seconds). Regenerate it with the same command.",
         "",
         "| library | uploaded as | method | passed | share |",
         "|---|---|---|---|---|",
