@@ -19,10 +19,19 @@ from service.jobs.stored_inputs import StoredInputs
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.storage.keys import InputKind, input_key
-from tests.integration.job_rows import TENANT, factory, settings, store
+from tests.integration.job_rows import factory, settings, store
 from tests.integration.tiny_job import CONFIG
 
 __all__ = ["factory", "settings", "store"]  # fixtures, imported to be found
+
+TENANT = "stored-inputs"  # replaced per test by `_own_tenant`
+
+
+@pytest.fixture(autouse=True)
+def _own_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gives each test a tenant of its own: the session's PostgreSQL database is shared with the other
+    integration tests, whose jobs (tenant t1) would count against these quotas and storage sums."""
+    monkeypatch.setitem(globals(), "TENANT", f"stored-{uuid.uuid4().hex[:8]}")
 
 
 def put(stored: StoredInputs, data: bytes, kind: InputKind = "dataset") -> tuple[str, bool]:

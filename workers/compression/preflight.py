@@ -338,7 +338,7 @@ def _estimate_s(model: nn.Module, data: DatasetBundle, config: JobConfig) -> flo
         epochs += steps * config.finetune.batch_size / max(data.train_samples, 1)
     train_s = epochs * data.train_samples * train_per_sample
     eval_s = (epochs + _EVAL_PASSES) * data.val_samples * eval_per_sample
-    return round(train_s + eval_s, 1)
+    return float(f"{train_s + eval_s:.3g}")  # 3 significant digits: a tiny job's estimate is not 0.0
 
 
 def _basis(seconds: float | None, from_dataset: bool) -> str:
