@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bench.cli import BENCH_DIR
-from bench.tables import markdown
+from bench.tables import markdown, record_results
 
 __all__ = ["generate_archive", "main"]
 
@@ -218,13 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rss_child(args.path, args.steps)))
         return 0
     records = [throughput(args)] if args.command == "throughput" else rss(args)
-    results = BENCH_DIR / "results"
-    with (results / f"{BENCH}.jsonl").open("a") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    every = [json.loads(line) for line in (results / f"{BENCH}.jsonl").read_text().splitlines()]
-    (results / f"{BENCH}.md").write_text(table(every))
-    print(table(records))
+    record_results(BENCH_DIR / "results", BENCH, records, table)
     return 0
 
 

@@ -34,7 +34,7 @@ import httpx
 from bench.cli import BENCH_DIR
 from bench.data_loading import generate_archive
 from bench.service_figures import ROOT, free_port
-from bench.tables import markdown
+from bench.tables import markdown, record_results
 
 __all__ = ["main"]
 
@@ -137,13 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tmp", type=Path, default=None, help="where the archives are generated")
     args = p.parse_args(argv)
     records = measure(args)
-    results = BENCH_DIR / "results"
-    with (results / f"{BENCH}.jsonl").open("a") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    every = [json.loads(line) for line in (results / f"{BENCH}.jsonl").read_text().splitlines()]
-    (results / f"{BENCH}.md").write_text(table(every))
-    print(table(records))
+    record_results(BENCH_DIR / "results", BENCH, records, table)
     return 0
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["by", "by_scale", "cell", "markdown", "mean_std", "pct"]
+__all__ = ["by", "by_scale", "cell", "markdown", "mean_std", "pct", "record_results"]
 
 Record = dict[str, Any]
 
@@ -50,3 +52,16 @@ def markdown(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def record_results(results: Path, bench: str, records: Sequence[Record],
+                   table: Callable[[Sequence[Record]], str]) -> None:
+    """Appends a run's records to `<bench>.jsonl`, rewrites `<bench>.md` from every run kept there, and
+    prints this run's table."""
+    jsonl = results / f"{bench}.jsonl"
+    with jsonl.open("a") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    every = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    (results / f"{bench}.md").write_text(table(every))
+    print(table(records))
