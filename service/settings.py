@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     preflight_timeout_s: float = Field(default=120.0, gt=0)  # wall clock, whole child
     preflight_memory_bytes: int = Field(default=8192 * _MiB, ge=256 * _MiB)  # RLIMIT_AS (torch maps a lot)
     preflight_threads: int = Field(default=2, ge=1)  # torch threads of the child
+    # Keep one child waiting with the engine imported (~6 of a 25 M-param model's ~10 CPU s), so a request
+    # pays only for its checks; it costs one idle process (~1 GB resident) per API process running it.
+    preflight_spare: bool = True
     # Where the engine is not installed (the API image), POST /preflight is forwarded to a service that has
     # it (docker-compose.yml's `preflight`); empty: run it here.
     preflight_url: str = Field(default="", pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$")

@@ -13,6 +13,9 @@ if os.environ.get("CI") == "true":
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Every API a test starts would keep a pre-flight child importing torch (~6 CPU s) that few tests use; the
+# pre-flight tests turn it back on (it is on by default in the product).
+os.environ.setdefault("SECATEUR_PREFLIGHT_SPARE", "false")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -25,6 +25,7 @@ from service.api.routes_sweeps import router as sweeps_router
 from service.api.routes_webhooks import router as webhooks_router
 from service.db.migrate import upgrade_head
 from service.db.session import make_engine, make_session_factory
+from service.jobs.preflight_spare import keep_spare_ready
 from service.jobs.service import JobService
 from service.metrics import install_metrics
 from service.queue import make_celery
@@ -59,13 +60,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        """Migrates (embedded default), starts the reaper and the webhook sender before serving; stops them
-        at shutdown."""
+        """Migrates (embedded default), starts the reaper, the webhook sender and a waiting pre-flight child
+        before serving; stops the loops at shutdown."""
         if context.settings.migrate_at_startup:
             await anyio.to_thread.run_sync(upgrade_head, context.engine)
         reaper = start_reaper(context.settings, context.jobs.sessions, context.store, context.celery,
                               actor=f"reaper@api:{os.getpid()}")
         sender = start_sender(context.settings, context.jobs.sessions)
+        if context.settings.preflight_spare and not context.settings.preflight_url:
+            keep_spare_ready()  # the first pre-flight is warm too
         yield
         for stop in (reaper, sender):
             if stop is not None:

@@ -3,21 +3,21 @@
 The same confinement as the submit-time check (service/jobs/sandbox.py): an environment without secrets,
 limits the child sets on itself (address space, CPU seconds, open files; bytes per written file, enough
 for the dense model's ONNX export in its scratch folder), a wall-clock kill of its process group, and the
-same bound on children at once. Torch loads in the child only: where the API image has no torch, the
-child cannot import the engine and pre-flight answers 503 preflight_unavailable.
+same bound on children at once. The child is started ahead of the request with the engine imported
+(service/jobs/preflight_spare.py) and gets its arguments on stdin. Torch loads in the child only: where the
+API image has no torch, the child cannot import the engine and pre-flight answers 503 preflight_unavailable.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from service.errors import InvalidRequest, ServiceError, Unavailable
-from service.jobs.sandbox import PARSE_TIMEOUT, _run, _slot
+from service.jobs.preflight_spare import keep_spare_ready, take_spare
+from service.jobs.sandbox import PARSE_TIMEOUT, _slot, collect_child
 from service.settings import Settings
 from workers.compression.errors import UserError
 
@@ -42,29 +42,37 @@ def _engine_errors() -> dict[str, type[UserError]]:
 def run_preflight_child(settings: Settings, *, model: Path, dataset: Path | None, config_text: str,
                         targets: list[dict[str, Any]]) -> dict[str, Any]:
     """Returns the engine's pre-flight answer for the files, or raises the refusal a job would meet."""
-    with _slot(settings), tempfile.TemporaryDirectory(prefix="secateur-preflight-") as tmp:
-        root = Path(tmp)
-        config = root / "config.json"
-        config.write_text(config_text)
-        scratch = root / "scratch"
-        scratch.mkdir()
-        argv = [sys.executable, "-B", "-s", "-m", "workers.compression.preflight_cli", "--model", str(model),
-                "--config", str(config), "--threads", str(settings.preflight_threads),
-                "--sandbox-memory-bytes", str(settings.preflight_memory_bytes),
-                "--sandbox-cpu-s", str(int(settings.preflight_timeout_s * settings.preflight_threads) + 1),
-                "--sandbox-file-bytes", str(_FILE_BYTES)]
-        argv += ["--dataset", str(dataset)] if dataset is not None else []
-        for target in targets:
-            argv += ["--also", json.dumps(target)]
+    with _slot(settings):
+        child = take_spare()
         try:
-            lines, returncode, stderr = _run(argv, scratch, settings.preflight_timeout_s)
+            config = child.root / "config.json"
+            config.write_text(config_text)
+            request = (json.dumps(_words(settings, model, dataset, config, targets)) + "\n").encode()
+            lines, returncode, stderr = collect_child(child.proc, settings.preflight_timeout_s, request)
         except InvalidRequest as exc:
             if exc.code != PARSE_TIMEOUT:
                 raise
             limit = settings.preflight_timeout_s
             raise InvalidRequest(f"pre-flight took longer than {limit:g} s; a job on this model would be "
                                  "slow to even start", code=PREFLIGHT_TIMEOUT) from None
+        finally:
+            child.discard()
+            if settings.preflight_spare:
+                keep_spare_ready()
     return _answer(lines, returncode, stderr)
+
+
+def _words(settings: Settings, model: Path, dataset: Path | None, config: Path,
+           targets: list[dict[str, Any]]) -> list[str]:
+    """The child's `secateur preflight` arguments: the files, the threads and the sandbox's limits."""
+    cpu_s = int(settings.preflight_timeout_s * settings.preflight_threads) + 1
+    words = ["--model", str(model), "--config", str(config), "--threads", str(settings.preflight_threads),
+             "--sandbox-memory-bytes", str(settings.preflight_memory_bytes), "--sandbox-cpu-s", str(cpu_s),
+             "--sandbox-file-bytes", str(_FILE_BYTES)]
+    words += ["--dataset", str(dataset)] if dataset is not None else []
+    for target in targets:
+        words += ["--also", json.dumps(target)]
+    return words
 
 
 def _answer(lines: list[dict[str, Any]], returncode: int, stderr: str) -> dict[str, Any]:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from service.jobs.service import StoredInput
 
 __all__ = ["PARSE_TIMEOUT", "RESOURCES_EXCEEDED", "Inspection", "check_dataset_file", "child_env",
-           "inspect_uploads"]
+           "collect_child", "inspect_uploads", "start_child"]
 
 PARSE_TIMEOUT = "parse_timeout"
 CODE_ROOT = Path(workers.__file__).resolve().parents[1]  # where `workers` is importable from
@@ -148,10 +148,23 @@ def _fetch(store: ObjectStore, key: str, sha256: str, path: Path) -> None:
 
 def _run(argv: list[str], scratch: Path, timeout_s: float) -> tuple[list[dict[str, Any]], int, str]:
     """Runs the child in its own session; kills its whole process group when the wall clock runs out."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=scratch, env=child_env(scratch), start_new_session=True)
+    return collect_child(start_child(argv, scratch), timeout_s)
+
+
+def start_child(argv: list[str], scratch: Path, *, await_input: bool = False) -> subprocess.Popen[bytes]:
+    """Starts a sandbox child in its own session and environment, in `scratch`; with `await_input` its stdin
+    is a pipe that `collect_child` writes to (a child started ahead of its request reads it there)."""
+    stdin = subprocess.PIPE if await_input else subprocess.DEVNULL
+    return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=scratch,
+                            env=child_env(scratch), start_new_session=True)
+
+
+def collect_child(proc: subprocess.Popen[bytes], timeout_s: float,
+                  request: bytes | None = None) -> tuple[list[dict[str, Any]], int, str]:
+    """Hands the child its `request` (if any) and waits for it; kills its whole process group when the wall
+    clock runs out or the caller is interrupted. Returns its JSON lines, exit status and stderr."""
     try:
-        out, err = proc.communicate(timeout=timeout_s)
+        out, err = proc.communicate(request, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

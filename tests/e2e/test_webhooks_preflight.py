@@ -111,7 +111,7 @@ def test_one_verified_callback_per_terminal_state_across_an_api_restart(tmp_path
     with receiving() as receiver:
         env = secateur_env({"SECATEUR_DATA_DIR": str(data), "SECATEUR_WEBHOOK_SECRET": SECRET,
                             "SECATEUR_WEBHOOK_ALLOW_PRIVATE": "true", "SECATEUR_WEBHOOK_INTERVAL_S": "0.5",
-                            "SECATEUR_REAPER_INTERVAL_S": "1"})
+                            "SECATEUR_REAPER_INTERVAL_S": "1", "SECATEUR_PREFLIGHT_SPARE": "true"})
         hooked = {**CONFIG, "webhook_url": receiver.url}
         port = free_ports(1)[0]
         api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
