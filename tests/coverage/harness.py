@@ -182,11 +182,14 @@ def smallest_first(cases: Sequence[Case]) -> list[Case]:
         """Counts parameters without allocating them (Hugging Face configs here are all small)."""
         if case.model.startswith("hf/"):
             return 0
+        ref = parse_architecture(case.model)
         try:
-            ref = parse_architecture(case.model)
             model = build(ref, num_classes=CLASSES, image_size=case.size, device="meta")
-        except Exception:  # no meta build (RegNets read their init values): size unknown, run it last
-            return sys.maxsize
+        except Exception:  # no meta build (RegNets read their init values): count a real one
+            try:
+                model = build(ref, num_classes=CLASSES, image_size=case.size)
+            except Exception:  # it cannot be built at all: run it last, where it fails typed
+                return sys.maxsize
         return sum(p.numel() for p in model.parameters())
 
     torch.set_num_threads(1)
