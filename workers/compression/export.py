@@ -49,6 +49,13 @@ ZSTD_LEVEL = 9  # on 90%-sparse float32: level 19 is 7.5% smaller but 24x slower
 # by far more than 1e-2.
 ATOL = 1e-3
 RTOL = 1e-3
+# Some models are ill-conditioned: random-init RegNet-Y (squeeze-excite gates over 200-scale logits) moves its
+# own float32 logits by 0.28 from float64 ones, and onnxruntime's fused Conv+BN then lands 0.76 away from
+# torch's separate ops. Where a sample is out of the tolerance above, it is checked again against the
+# model's own float32 error on it (max |float32 - float64 logits|): onnxruntime may differ by up to 10x
+# that, since no float32 implementation can agree more closely than the model's rounding allows; a real
+# export error is still caught there and by the top-1 check.
+FLOAT32_SLACK = 10.0
 TOP1_TOLERANCE = 0.001  # top-1 accuracy of ORT and torch must agree within 0.1 point
 VERIFY_BATCH_SIZE = 256
 # What onnxruntime raises when it cannot load or run a graph (none of them derive from RuntimeError).
@@ -144,8 +151,9 @@ class Verification:
     torch_accuracy: float
     ort_accuracy: float
     max_abs_diff: float
-    worst_excess: float  # max of |ort - torch| - (ATOL + RTOL*|torch|); <= 0 when every logit is in tolerance
+    worst_excess: float  # max of |ort - torch| - allowed; <= 0 when every logit is in tolerance
     samples: int
+    float32_noise: float = 0.0  # the largest float32-vs-float64 logit error that widened the tolerance
 
     @property
     def passed(self) -> bool:
@@ -157,7 +165,9 @@ class Verification:
         return {
             "max_abs_diff": self.max_abs_diff,
             "passed": self.passed,
-            "tolerance": {"atol": ATOL, "rtol": RTOL, "top1_points": TOP1_TOLERANCE * 100},
+            "tolerance": {"atol": ATOL, "rtol": RTOL, "top1_points": TOP1_TOLERANCE * 100,
+                          "float32_slack": FLOAT32_SLACK},
+            "float32_noise": self.float32_noise,
             "samples": self.samples,
             "torch_accuracy": self.torch_accuracy,
             "ort_accuracy": self.ort_accuracy,
@@ -186,7 +196,7 @@ def verify(
         was_training = model.training
         model.eval()
         t_correct = o_correct = seen = 0
-        max_diff, worst = 0.0, -np.inf
+        max_diff, worst, noise = 0.0, -np.inf, 0.0
         with torch.no_grad(), _ieee_fp32():
             for x, y in data.batches("val", VERIFY_BATCH_SIZE, shuffle=False, device=device):
                 t_logits = model(x).float().cpu().numpy()  # (B, classes)
@@ -194,7 +204,12 @@ def verify(
                 labels = y.cpu().numpy()
                 diff = np.abs(o_logits - t_logits)
                 max_diff = max(max_diff, float(np.max(diff, initial=0.0)))
-                worst = max(worst, float(np.max(diff - (ATOL + RTOL * np.abs(t_logits)), initial=-np.inf)))
+                excess = diff - (ATOL + RTOL * np.abs(t_logits))
+                if np.max(excess, initial=-np.inf) > 0:
+                    sample_noise = _float32_noise(model, x, t_logits)  # (B, 1)
+                    excess -= FLOAT32_SLACK * sample_noise
+                    noise = max(noise, float(np.max(sample_noise)))
+                worst = max(worst, float(np.max(excess, initial=-np.inf)))
                 t_correct += int((t_logits.argmax(axis=1) == labels).sum())
                 o_correct += int((o_logits.argmax(axis=1) == labels).sum())
                 seen += labels.shape[0]
@@ -205,7 +220,7 @@ def verify(
     nan = not np.isfinite(max_diff) or not np.isfinite(worst)
     result = Verification(
         torch_accuracy=t_correct / max(seen, 1), ort_accuracy=o_correct / max(seen, 1),
-        max_abs_diff=max_diff, worst_excess=np.inf if nan else worst, samples=seen,
+        max_abs_diff=max_diff, worst_excess=np.inf if nan else worst, samples=seen, float32_noise=noise,
     )
     if not result.passed:
         _discard(onnx_path)
@@ -216,6 +231,20 @@ def verify(
             "the model likely has data-dependent control flow that tracing cannot capture"
         )
     return result
+
+
+def _float32_noise(model: nn.Module, x: torch.Tensor, logits: np.ndarray) -> np.ndarray:
+    """Per sample, how far the model's float32 `logits` are from its float64 ones on `x` (B, 1): how much
+    float32 rounding alone moves this model here. Zero where the model cannot run in float64."""
+    model.double()  # float32 -> float64 -> float32 is exact, so the weights come back unchanged
+    try:
+        reference = model(x.double()).cpu().numpy()
+    except (RuntimeError, TypeError):  # e.g. a converted graph holding float32 constants outside its buffers
+        return np.zeros((logits.shape[0], 1))
+    finally:
+        model.float()
+    noise: np.ndarray = np.max(np.abs(logits - reference), axis=1, keepdims=True)
+    return noise
 
 
 def _discard(onnx_path: Path) -> None:
