@@ -33,8 +33,10 @@ ONNX_METHODS = ("magnitude", "l1")
 JOB_LIMIT_S = 600  # "no job takes over 10 minutes on this CPU", in CPU seconds (one torch thread)
 LOAD_ALLOWANCE = 4  # a child's wall-clock limit over its CPU limit: how busy the machine may be
 # The smallest input an architecture takes, where 64 px is below it (test input, not model code).
-# 70: a multiple of ViT-H's 14-px patch; 224: MaxViT partitions every stage's map into 7x7 windows.
+# 70: a multiple of ViT-H's 14-px patch; 224: MaxViT partitions every stage's map into 7x7 windows, and
+# AlexNet's adaptive pool would upsample a smaller map to 6x6, which torch's ONNX exporter refuses.
 MIN_SIZE = {
+    "torchvision/alexnet": 224,
     "torchvision/inception_v3": 96,
     "torchvision/vit_h_14": 70,
     "torchvision/maxvit_t": 224,
@@ -264,7 +266,8 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
     dataset = tiny_dataset(folder / "data.npz", classes=CLASSES, size=case.size)
     started = time.process_time()
     try:
-        model_path, architecture = prepare(case.model, case.source, folder, classes=CLASSES, size=case.size)
+        model_path, architecture = prepare(case.model, case.source, folder, dataset=dataset, classes=CLASSES,
+                                           size=case.size)
     except Exception as exc:  # the model cannot be built or exported as a user would: not our chain
         for method in case.methods:
             yield Outcome(
@@ -372,7 +375,8 @@ def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str,
     lines = [
         "# Model coverage",
         "",
-        f"Made by `{command}` (random weights with BatchNorm statistics calibrated on standardized noise, "
+        f"Made by `{command}` (random weights with BatchNorm statistics calibrated on the training images "
+        "as the job feeds them, "
         f"{CLASSES} classes, {SIZE} px unless the model needs more, 1 finetune epoch; the whole chain: "
         "load → prune → finetune → ONNX export → onnxruntime parity → report; seconds are the job's CPU "
         "seconds). Regenerate it with the same command.",

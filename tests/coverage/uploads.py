@@ -3,6 +3,7 @@ ONNX export made with torch's exporter; and a tiny random dataset to run the cha
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from pathlib import Path
 
@@ -29,11 +30,13 @@ def tiny_dataset(path: Path, *, classes: int, size: int, per_class: int = 4) -> 
     return path
 
 
-def prepare(model: str, source: str, folder: Path, *, classes: int, size: int) -> tuple[Path, str | None]:
-    """Builds `model` with random weights and saves it as `source` says; returns (file, architecture)."""
+def prepare(model: str, source: str, folder: Path, *, dataset: Path, classes: int,
+            size: int) -> tuple[Path, str | None]:
+    """Builds `model` with random weights, calibrated on `dataset`'s training images, and saves it as
+    `source` says; returns (file, architecture)."""
     library, _, name = model.partition("/")
     module = _hf_model(name, classes) if library == "hf" else _library_model(model, classes, size)
-    _calibrate(module, size)
+    _calibrate(module, _fed_images(model, source, module, dataset, size))
     if source == "onnx":
         return _export(module, size, folder / "model.onnx"), None
     if library == "hf":
@@ -91,23 +94,54 @@ class _Logits(nn.Module):
         return logits
 
 
-def _calibrate(module: nn.Module, size: int) -> None:
-    """Gives the BatchNorms statistics of their inputs, as training leaves the model a user uploads: with
-    the init's (mean 0, variance 1) a deep random net in eval mode (MobileOne's summed branches, Inception,
-    EfficientNet) outputs 1e5-1e11-scale logits that no trained model has, so its finetuning diverges and
-    float rounding alone breaks the ONNX parity."""
+def _fed_images(model: str, source: str, module: nn.Module, dataset: Path, size: int) -> torch.Tensor:
+    """The training images as the job will feed them: the engine's own loading, with the preprocessing it
+    resolves for this upload (the library's defaults; for ONNX, the data's own statistics)."""
+    from workers.compression.architectures import parse_architecture
+    from workers.compression.config import DataOptions
+    from workers.compression.datasets import load_dataset
+    from workers.compression.preprocessing import Preprocessing, for_architecture, for_onnx
+
+    if source == "onnx":
+        preprocessing: Preprocessing = for_onnx((3, size, size))
+    else:
+        ref = parse_architecture("hf" if model.startswith("hf/") else model)
+        config = getattr(module, "config", None)
+        preprocessing = for_architecture(ref, hf_config=config.to_dict() if config is not None else None)
+    options = DataOptions(image_size=size)
+    data = load_dataset(dataset, options, preprocessing=preprocessing.overridden(options))
+    images, _ = next(data.batches("train", data.train_samples, shuffle=False))
+    return images
+
+
+def _calibrate(module: nn.Module, images: torch.Tensor) -> None:
+    """Gives the BatchNorms statistics of the images the job feeds, as training on such data leaves the
+    model a user uploads. With the init's (mean 0, variance 1) a deep random net in eval mode (MobileOne's
+    summed branches, Inception, EfficientNet) outputs 1e5-1e11-scale logits that no trained model has, so
+    its finetuning diverges and float rounding alone breaks the ONNX parity; and calibrated on other inputs
+    (standardized noise), random EfficientNet-B5's squeeze-excite gates still blew logits up to 1e6 on the
+    job's images. One norm at a time, in order, every other norm in eval mode: each is calibrated on exactly
+    what eval mode feeds it."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
     module.eval()  # dropout and stochastic depth off: statistics of the paths that eval mode runs
     for norm in norms:
         norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average over the calibration batches
+        norm.momentum = None  # the batch's own statistics
         norm.train()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _ in range(4):
-            module(torch.randn(8, 3, size, size, generator=generator))  # inputs as fed: standardized
+        stop = norm.register_forward_hook(_stop_after)
+        with torch.no_grad(), contextlib.suppress(_Calibrated):
+            module(images)
+        stop.remove()
+        norm.eval()
+
+
+class _Calibrated(Exception):
+    """Ends a calibration forward pass at the norm just calibrated (nothing after it is needed)."""
+
+
+def _stop_after(module: nn.Module, inputs: object, output: object) -> None:
+    """Forward hook: stops the pass once the norm has seen its input."""
+    raise _Calibrated
 
 
 def _export(module: nn.Module, size: int, path: Path) -> Path:

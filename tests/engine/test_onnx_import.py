@@ -254,11 +254,12 @@ def test_every_onnx_upload_round_trips_or_is_refused_by_name(model: str, tmp_pat
     """The dense round trip of the coverage list's ONNX exports: passes, or a typed refusal (xfail with
     its code), never an untyped crash. A model whose own export fails at this size is not an upload."""
     from tests.coverage.harness import CLASSES, MIN_SIZE, SIZE
-    from tests.coverage.uploads import prepare
+    from tests.coverage.uploads import prepare, tiny_dataset
 
     size = MIN_SIZE.get(model, SIZE)
+    dataset = tiny_dataset(tmp_path / "data.npz", classes=CLASSES, size=size)
     try:
-        path, _ = prepare(model, "onnx", tmp_path, classes=CLASSES, size=size)
+        path, _ = prepare(model, "onnx", tmp_path, dataset=dataset, classes=CLASSES, size=size)
     except Exception as exc:  # the library's model or torch's exporter, before anything of ours runs
         pytest.skip(f"the model itself does not export at {size} px: {type(exc).__name__}: {exc}")
     try:
