@@ -22,9 +22,11 @@ from workers.compression.methods.base import MethodResult, PruneContext
 from workers.compression.methods.structured import remove
 from workers.compression.methods.tpp import (
     REG_PHASE,
+    RemovalMismatch,
     TppHooks,
     TppMethod,
     _is_zeroed,
+    _val_outputs,
     gram_grad,
     gram_penalty,
 )
@@ -373,3 +375,17 @@ def test_a_costly_zero_out_warns_in_the_report_and_live_progress(image_data: Dat
     assert len(report["warnings"]) == 1
     assert "max_reg_steps" in report["warnings"][0]
     assert events[-1].warnings == tuple(report["warnings"])
+
+
+def test_the_removal_check_compares_logits_not_accuracy(image_data: DatasetBundle) -> None:
+    """Unchanged logits pass; a 1% change of the classifier (accuracy may not move at all) is caught."""
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    trainer = Trainer(data=image_data, finetune=FinetuneConfig(epochs=1), device=torch.device("cpu"), seed=0)
+    accuracy, before = _val_outputs(trainer, model)
+    assert _val_outputs(trainer, model, compare_to=before)[0] == accuracy
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.01)
+    with pytest.raises(RemovalMismatch, match="moved the logits"):
+        _val_outputs(trainer, model, compare_to=before)

@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize, prune
 from workers.compression.datasets import DatasetBundle
 from workers.compression.errors import ExportMismatch, UnsupportedOp
 from workers.compression.export_pools import exportable_pools
+from workers.compression.float_noise import ATOL, RTOL, SLACK, excess
 
 __all__ = [
     "ATOL",
@@ -42,20 +43,12 @@ OPSET = 17
 IR_VERSION = 10  # onnx 1.23 writes IR 11 by default, which onnxruntime 1.31 refuses to load
 INPUT, OUTPUT = "input", "logits"
 ZSTD_LEVEL = 9  # on 90%-sparse float32: level 19 is 7.5% smaller but 24x slower (minutes on a ViT-L)
-# Logit tolerance, elementwise: |ort - torch| <= ATOL + RTOL * |torch|. Both sides compute in float32,
-# but onnxruntime folds BatchNorm into Conv and sums in another order (MLAS vs ATen/oneDNN kernels); on
-# CIFAR ResNets that moves logits (magnitude ~1-20) by 1e-6..1e-4. 1e-3 abs + 1e-3 rel leaves ~10x room
-# for that, while any real export error (a dropped mask, a wrong op, eval/train BN mix-up) moves logits
-# by far more than 1e-2.
-ATOL = 1e-3
-RTOL = 1e-3
-# Some models are ill-conditioned: random-init RegNet-Y (squeeze-excite gates over 200-scale logits) moves its
-# own float32 logits by 0.28 from float64 ones, and onnxruntime's fused Conv+BN then lands 0.76 away from
-# torch's separate ops. Where a sample is out of the tolerance above, it is checked again against the
-# model's own float32 error on it (max |float32 - float64 logits|): onnxruntime may differ by up to 10x
-# that, since no float32 implementation can agree more closely than the model's rounding allows; a real
-# export error is still caught there and by the top-1 check.
-FLOAT32_SLACK = 10.0
+# Logit tolerance (workers/compression/float_noise.py): |ort - torch| <= ATOL + RTOL * |torch|, widened by
+# 10x the model's own float32 error where a sample is past it. Both sides compute in float32, but
+# onnxruntime folds BatchNorm into Conv and sums in another order (MLAS vs ATen/oneDNN kernels); on CIFAR
+# ResNets that moves logits (magnitude ~1-20) by 1e-6..1e-4, while any real export error (a dropped mask, a
+# wrong op, eval/train BN mix-up) moves them by far more than 1e-2. An ill-conditioned model (random-init
+# RegNet-Y: 0.28 of float32 noise on 244-scale logits) cannot agree more closely than its own rounding.
 TOP1_TOLERANCE = 0.001  # top-1 accuracy of ORT and torch must agree within 0.1 point
 VERIFY_BATCH_SIZE = 256
 # What onnxruntime raises when it cannot load or run a graph (none of them derive from RuntimeError).
@@ -166,7 +159,7 @@ class Verification:
             "max_abs_diff": self.max_abs_diff,
             "passed": self.passed,
             "tolerance": {"atol": ATOL, "rtol": RTOL, "top1_points": TOP1_TOLERANCE * 100,
-                          "float32_slack": FLOAT32_SLACK},
+                          "float32_slack": SLACK},
             "float32_noise": self.float32_noise,
             "samples": self.samples,
             "torch_accuracy": self.torch_accuracy,
@@ -204,12 +197,8 @@ def verify(
                 labels = y.cpu().numpy()
                 diff = np.abs(o_logits - t_logits)
                 max_diff = max(max_diff, float(np.max(diff, initial=0.0)))
-                excess = diff - (ATOL + RTOL * np.abs(t_logits))
-                if np.max(excess, initial=-np.inf) > 0:
-                    sample_noise = _float32_noise(model, x, t_logits)  # (B, 1)
-                    excess -= FLOAT32_SLACK * sample_noise
-                    noise = max(noise, float(np.max(sample_noise)))
-                worst = max(worst, float(np.max(excess, initial=-np.inf)))
+                over, sample_noise = excess(model, x, t_logits, o_logits)
+                worst, noise = max(worst, over), max(noise, sample_noise)
                 t_correct += int((t_logits.argmax(axis=1) == labels).sum())
                 o_correct += int((o_logits.argmax(axis=1) == labels).sum())
                 seen += labels.shape[0]
@@ -231,20 +220,6 @@ def verify(
             "the model likely has data-dependent control flow that tracing cannot capture"
         )
     return result
-
-
-def _float32_noise(model: nn.Module, x: torch.Tensor, logits: np.ndarray) -> np.ndarray:
-    """Per sample, how far the model's float32 `logits` are from its float64 ones on `x` (B, 1): how much
-    float32 rounding alone moves this model here. Zero where the model cannot run in float64."""
-    model.double()  # float32 -> float64 -> float32 is exact, so the weights come back unchanged
-    try:
-        reference = model(x.double()).cpu().numpy()
-    except (RuntimeError, TypeError):  # e.g. a converted graph holding float32 constants outside its buffers
-        return np.zeros((logits.shape[0], 1))
-    finally:
-        model.float()
-    noise: np.ndarray = np.max(np.abs(logits - reference), axis=1, keepdims=True)
-    return noise
 
 
 def _discard(onnx_path: Path) -> None:
