@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from tests.engine.conftest import IMAGE_SHAPE, MemoryCheckpoints, TinyResNet
 from tests.engine.test_structured import ConvShortcutNet, imported, plans_for
 from workers.compression.config import FinetuneConfig, JobConfig, Target, TppOptions
 from workers.compression.datasets import ArrayBundle, DatasetBundle
-from workers.compression.errors import JobStopped
+from workers.compression.errors import InvalidConfig, JobStopped
 from workers.compression.hooks import Progress
 from workers.compression.methods import registry
 from workers.compression.methods.base import MethodResult, PruneContext
@@ -389,3 +390,16 @@ def test_the_removal_check_compares_logits_not_accuracy(image_data: DatasetBundl
             p.mul_(1.01)
     with pytest.raises(RemovalMismatch, match="moved the logits"):
         _val_outputs(trainer, model, compare_to=before)
+
+
+def test_a_removal_check_on_a_diverged_model_is_a_typed_refusal(image_data: DatasetBundle) -> None:
+    """Where float32 rounding moves the logits by a sizeable share of their scale, the model diverged:
+    the job gets invalid_config naming it, not an internal error about the removal."""
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    trainer = Trainer(data=image_data, finetune=FinetuneConfig(epochs=1), device=torch.device("cpu"), seed=0)
+    _, before = _val_outputs(trainer, model)
+    moved = [logits + 1.0 for logits in before]
+    with patch("workers.compression.methods.tpp.excess", return_value=(1.0, 1e9)), \
+            pytest.raises(InvalidConfig, match="diverged"):
+        _val_outputs(trainer, model, compare_to=moved)

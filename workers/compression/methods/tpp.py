@@ -18,6 +18,7 @@ from torch import nn
 
 from workers.compression.config import TppOptions
 from workers.compression.distill import distill_report, make_teacher
+from workers.compression.errors import InvalidConfig
 from workers.compression.float_noise import excess
 from workers.compression.methods.base import MethodResult, PruneContext, StepHooks
 from workers.compression.methods.registry import register
@@ -44,14 +45,18 @@ class RemovalMismatch(RuntimeError):
     """Internal error: removing the zeroed filters changed the logits, so the zero-out is broken."""
 
 
+DEGENERATE = 0.01  # float32 noise at this share of the logits' scale: the model computes nothing reliable
+
+
 def _val_outputs(trainer: Trainer, model: nn.Module,
                  compare_to: Sequence[np.ndarray] = ()) -> tuple[float, list[np.ndarray]]:
     """Returns the validation accuracy and logits per batch (eval mode, the split's fixed order). Given the
     logits from before the removal, raises RemovalMismatch where any moved beyond float32 noise (a random
-    EfficientNet's rounding alone flipped 2 of 20 predictions, so accuracy cannot be compared exactly)."""
+    EfficientNet's rounding alone flipped 2 of 20 predictions, so accuracy cannot be compared exactly), or
+    InvalidConfig where that noise is a sizeable share of the logits (a diverged model, not our removal)."""
     was_training = model.training
     model.eval()
-    correct, seen, outputs, worst, noise = 0, 0, [], -np.inf, 0.0
+    correct, seen, outputs, worst, noise, scale = 0, 0, [], -np.inf, 0.0, 0.0
     with torch.no_grad():
         batches = trainer.data.batches("val", EVAL_BATCH_SIZE, shuffle=False, device=trainer.device)
         for i, (x, y) in enumerate(batches):
@@ -62,7 +67,12 @@ def _val_outputs(trainer: Trainer, model: nn.Module,
             if compare_to:
                 over, sample_noise = excess(model, x, outputs[-1], compare_to[i])
                 worst, noise = max(worst, over), max(noise, sample_noise)
+                scale = max(scale, float(np.max(np.abs(outputs[-1]), initial=0.0)))
     model.train(was_training)
+    if worst > 0 and noise >= DEGENERATE * scale:
+        raise InvalidConfig(f"the regularization left a model whose logits (up to {scale:.3g}) float32 "
+                            f"rounding alone moves by {noise:.3g}: it diverged, so its pruning cannot be "
+                            "checked; lower options.lambda_max or finetune.lr, or use l1")
     if worst > 0:
         raise RemovalMismatch(f"removing the zeroed filters moved the logits by {worst:.3g} beyond the "
                               f"tolerance (float32 noise {noise:.3g}): the zero-out or the channel "
