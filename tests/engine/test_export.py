@@ -191,3 +191,16 @@ def test_an_op_the_exporter_cannot_express_is_unsupported_op(tmp_path: Path) -> 
     with pytest.raises(UnsupportedOp, match="fft_fft2"):
         export_onnx(_Spectrum(), (3, 4, 4), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_model_that_outputs_nan_is_named_as_such(tmp_path: Path, image_data: DatasetBundle) -> None:
+    """A model whose BatchNorm statistics overflowed gives NaN logits: the refusal says that, not that
+    tracing missed control flow."""
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, IMAGE_SHAPE, path)
+    norm = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    norm.running_var.fill_(float("nan"))
+    with pytest.raises(ExportMismatch, match="outputs NaN or Inf on"):
+        verify(model, path, image_data, device=CPU, threads=1)

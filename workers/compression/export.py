@@ -189,12 +189,13 @@ def verify(
         was_training = model.training
         model.eval()
         t_correct = o_correct = seen = 0
-        max_diff, worst, noise = 0.0, -np.inf, 0.0
+        max_diff, worst, noise, broken = 0.0, -np.inf, 0.0, 0
         with torch.no_grad(), _ieee_fp32():
             for x, y in data.batches("val", VERIFY_BATCH_SIZE, shuffle=False, device=device):
                 t_logits = model(x).float().cpu().numpy()  # (B, classes)
                 o_logits = session.run([OUTPUT], {INPUT: x.cpu().numpy()})[0]  # (B, classes)
                 labels = y.cpu().numpy()
+                broken += int((~np.isfinite(t_logits).all(axis=1)).sum())
                 diff = np.abs(o_logits - t_logits)
                 max_diff = max(max_diff, float(np.max(diff, initial=0.0)))
                 over, sample_noise = excess(model, x, t_logits, o_logits)
@@ -213,6 +214,10 @@ def verify(
     )
     if not result.passed:
         _discard(onnx_path)
+        if broken:
+            raise ExportMismatch(f"the PyTorch model itself outputs NaN or Inf on {broken} of {seen} "
+                                 "validation samples (its weights or BatchNorm statistics overflowed), so "
+                                 "its export cannot be checked")
         raise ExportMismatch(
             f"the ONNX export does not reproduce the PyTorch model on {seen} validation samples: "
             f"max |logit diff| {max_diff:.3g} (tolerance {ATOL:g} + {RTOL:g}*|logit|), top-1 "
