@@ -25,7 +25,7 @@ import httpx
 import torch
 from safetensors.torch import save_file
 
-from bench.service_figures import free_port
+from bench.service_figures import free_port, wait_ready
 from workers.compression import zoo
 from workers.compression.architectures import parse_architecture
 from workers.compression.library_models import build
@@ -56,13 +56,7 @@ def api(folder: Path, *, spare: bool) -> Iterator[httpx.Client]:
     server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-            for _ in range(240):
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
+            wait_ready(client)
             yield client
     finally:
         server.terminate()

@@ -42,6 +42,17 @@ def free_port() -> int:
         return port
 
 
+def wait_ready(client: httpx.Client) -> None:
+    """Polls /readyz for up to 2 minutes while the server starts (connection refused until it listens)."""
+    for _ in range(240):
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+
+
 def tiny_inputs(folder: Path) -> tuple[Path, Path]:
     """Writes random LeNet-300-100 weights for 8x8 inputs and a small 10-class npz."""
     rng = np.random.default_rng(0)
@@ -173,13 +184,7 @@ def main() -> None:
         )
         try:
             with httpx.Client(base_url=url, timeout=30) as client:
-                for _ in range(240):
-                    try:
-                        if client.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.5)
+                wait_ready(client)
                 model, dataset = tiny_inputs(folder)
                 delays = post_to_start(client, model, dataset, args.jobs)
                 job_id = str(submit(client, model, dataset)["id"])
