@@ -271,6 +271,17 @@ def test_channel_shuffle_ends_groups_quickly() -> None:
     assert structure.groups
 
 
+def test_misinferred_reshapes_end_their_group_searches() -> None:
+    """Swin V2: its window reshapes make torch-pruning multiply indices without end (137 CPU s, millions of
+    indices per group); those searches now stop at the traced forward's largest tensor, the groups are left
+    alone with the reason, and the rest are found well within the analysis budget (it would raise)."""
+    torch.manual_seed(0)
+    model = torchvision.models.swin_v2_t(weights=None, num_classes=10).eval()
+    structure = find_groups(model, torch.zeros(1, 3, 64, 64), coupled=False)
+    assert any(g.root.endswith("mlp.0") for g in structure.groups)
+    assert any("_TooManyIndices" in why for _, why in structure.skipped)
+
+
 def test_analysis_over_budget_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """A graph analysis that outlasts its budget stops with unsupported_op naming where it was."""
     model, example = _build("mobilenet_v3_small")

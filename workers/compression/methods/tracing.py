@@ -23,7 +23,10 @@ from workers.compression.errors import CompressionError, UnsupportedOp
 
 __all__ = ["BudgetSpent", "analysis", "check_deadline", "culprit", "trace"]
 
-_MAX_INDICES = 1 << 21  # one flatten mapping's output: VGG-16's classifier needs 25,088
+_MAX_INDICES = 1 << 21  # one flatten mapping's output, at most: VGG-16's classifier needs 25,088
+# Indices one group search may add in all: ViT-H's residual stream, 1280 channels through 32 blocks, adds
+# ~0.5 M; a search that cycles through mis-inferred splits (MaxViT's grid attention) adds without end.
+_MAX_GROUP_INDICES = 1 << 20
 
 
 class _Overrun(BaseException):
@@ -48,6 +51,9 @@ def culprit(exc: BaseException, names: dict[Any, str]) -> str:
                 return f"{names[value]} ({type(value).__name__})"
     return "an unnamed op"
 
+
+# .indices: how many indices the group search running in this thread has added (None outside one).
+_search = threading.local()
 
 # .at: the deadline, in this thread's CPU seconds, of the analysis running in it, if any. CPU time rather than
 # wall time, so that a busy machine (other workers, other jobs) does not fail a graph that fits the budget.
@@ -94,7 +100,7 @@ def analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[None
 
 
 class _TooManyIndices(RuntimeError):
-    """A group's index mapping grew past `_MAX_INDICES` (the group is left alone)."""
+    """A group search mapped more indices than a real group can hold (the group is left alone)."""
 
 
 def _patch_torch_pruning() -> None:
@@ -106,14 +112,17 @@ def _patch_torch_pruning() -> None:
     - it recomputes every mapping of the graph on each group query, quadratic in the graph (DenseNet-121:
       20 s of 29): a graph flagged `secateur_mapped` (ours: groups are queried, then pruned at once) keeps
       the mapping computed when it was built;
-    - its group search has no bound: each dependency it adds checks the running analysis's budget, and a
-      flatten mapping may not produce more than `_MAX_INDICES` indices (chained through a Swin V2 at 64 px
-      they multiplied without end: minutes and gigabytes for one group)."""
+    - its group search has no bound: each dependency it adds checks the running analysis's budget and
+      counts against `_MAX_GROUP_INDICES` (a search cycling through MaxViT's grid attention), and a
+      flatten mapping may not produce more indices than the traced forward's largest tensor holds
+      (`secateur_limit`, set by `trace`): one that does has mis-inferred a reshape (chained through Swin
+      V2's windows they multiplied to millions: 137 of its 138 s of analysis went to 28 such groups)."""
     if getattr(index_mapping.update_index_mapping, "secateur_guarded", False):
         return
     update = index_mapping.update_index_mapping
     add_dep = tp.dependency.Group.add_dep
     flatten = index_mapping._FlattenIndexMapping.__call__
+    search = tp.DependencyGraph.get_pruning_group
 
     def guarded(mapping: Callable[[Any, Any], None], what: str) -> Callable[[Any, Any], None]:
         """Wraps one node mapping: a failure leaves the node unmapped and recorded."""
@@ -132,15 +141,30 @@ def _patch_torch_pruning() -> None:
         if not getattr(graph, "secateur_mapped", False):
             update(graph)
 
+    def counted_search(graph: Any, module: nn.Module, pruning_fn: Any, idxs: Any) -> Any:
+        """Searches one group, counting the indices it adds."""
+        _search.indices = 0
+        try:
+            return search(graph, module, pruning_fn, idxs)
+        finally:
+            _search.indices = None
+
     def bounded_add_dep(group: Any, dep: Any, idxs: Any) -> None:
-        """Adds a dependency to a group being searched, if the running analysis has budget left."""
+        """Adds a dependency to a group being searched, if the running analysis has budget left and the
+        search has not added too many indices."""
         check_deadline()
+        added = getattr(_search, "indices", None)
+        if added is not None:
+            _search.indices = added + len(idxs)
+            if _search.indices > _MAX_GROUP_INDICES:
+                raise _TooManyIndices(f"a group search added over {_MAX_GROUP_INDICES} indices")
         add_dep(group, dep, idxs)
 
     def bounded_flatten(mapping: Any, idxs: Any) -> Any:
         """Expands indices through a flatten, unless that makes too many or the budget is spent."""
         check_deadline()
-        if not mapping.reverse and len(idxs) * mapping._stride > _MAX_INDICES:
+        limit = getattr(mapping, "secateur_limit", _MAX_INDICES)
+        if not mapping.reverse and len(idxs) * mapping._stride > limit:
             raise _TooManyIndices(f"a flatten would map {len(idxs)} indices to {len(idxs) * mapping._stride}")
         return flatten(mapping, idxs)
 
@@ -150,26 +174,32 @@ def _patch_torch_pruning() -> None:
     index_mapping.update_concat_index_mapping = guarded(mappings[1], "concat")
     index_mapping.update_index_mapping = cached_update
     tp.dependency.Group.add_dep = bounded_add_dep
+    tp.DependencyGraph.get_pruning_group = counted_search
     index_mapping._FlattenIndexMapping.__call__ = bounded_flatten
 
 
 _patch_torch_pruning()
 
 
-class _ChannelSplits(TorchFunctionMode):
+class _ForwardRecorder(TorchFunctionMode):
     """Records views that split the channel dim of a feature map, (N, C, H, W) -> (N, g, C/g, H, W): the
     first half of a channel shuffle, a permutation torch-pruning takes for the identity. (A token
-    sequence's (B, L, C) -> (B, H, W, C) splits tokens, not channels: 3-D inputs are left out.)"""
+    sequence's (B, L, C) -> (B, H, W, C) splits tokens, not channels: 3-D inputs are left out.) Also
+    records the largest tensor any op outputs, which bounds what an index mapping can map to."""
 
     def __init__(self) -> None:
         super().__init__()
         self.splits: set[Any] = set()  # grad_fns of those views (the graph nodes' grad_fn)
+        self.largest = 1  # elements of the largest tensor an op returned
 
     def __torch_function__(self, func: Callable[..., Any], types_: Any, args: Sequence[Any] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
-        """Runs `func` and remembers its output when it splits dim 1 of its input in two real dims."""
+        """Runs `func`, notes its output's size, and remembers it when it splits dim 1 of its input in two
+        real dims."""
         out = func(*args, **(kwargs or {}))
         src = args[0] if args else None
+        if isinstance(out, torch.Tensor):
+            self.largest = max(self.largest, out.numel())
         if (isinstance(out, torch.Tensor) and isinstance(src, torch.Tensor) and out.grad_fn is not None
                 and src.dim() == 4 and out.dim() == 5 and out.shape[0] == src.shape[0]
                 and out.shape[1] * out.shape[2] == src.shape[1] and min(out.shape[1], out.shape[2]) > 1
@@ -182,7 +212,7 @@ def trace(model: nn.Module, example: torch.Tensor, ignored: list[nn.Parameter]) 
     """Builds torch-pruning's dependency graph of `model` (it needs autograd; it leaves the model in eval),
     leaving the `ignored` parameters unpruned (attention's per-head tables: not channels); returns it and the
     nodes where groups end, with the reason (channel shuffles, nodes it cannot map)."""
-    recorder = _ChannelSplits()
+    recorder = _ForwardRecorder()
 
     def forward(module: nn.Module, inputs: torch.Tensor) -> Any:
         """The traced forward, with the view recorder on."""
@@ -206,6 +236,12 @@ def trace(model: nn.Module, example: torch.Tensor, ignored: list[nn.Parameter]) 
         # V2: 15+ minutes, 2 GB); through an unmapped node, its indices would be wrong.
         node.dependencies = []
     graph.secateur_mapped = True  # nothing is pruned before every group is known: see _patch_torch_pruning
+    limit = min(recorder.largest, _MAX_INDICES)
+    for node in graph.module2node.values():
+        for dep in node.dependencies:
+            for mapping in dep.index_mapping:
+                if isinstance(mapping, index_mapping._FlattenIndexMapping):
+                    mapping.secateur_limit = limit  # a real channel's indices fit in a real tensor
     return graph, cut
 
 
