@@ -52,7 +52,9 @@ def culprit(exc: BaseException, names: dict[Any, str]) -> str:
     return "an unnamed op"
 
 
-# .indices: how many indices the group search running in this thread has added (None outside one).
+_DEPS_PER_NODE = 4  # a group reaches a node as a consumer and as a producer, a concat's parts more than once
+# The group search running in this thread (absent outside one): .indices and .deps it has added so far,
+# and .max_deps, `_DEPS_PER_NODE` per node of its graph.
 _search = threading.local()
 
 # .at: the deadline, in this thread's CPU seconds, of the analysis running in it, if any. CPU time rather than
@@ -100,7 +102,8 @@ def analysis(what: str, names: dict[Any, str], budget_s: float) -> Iterator[None
 
 
 class _TooManyIndices(RuntimeError):
-    """A group search mapped more indices than a real group can hold (the group is left alone)."""
+    """A group search mapped more indices, or added more dependencies, than a real group holds (the group
+    is left alone)."""
 
 
 def _patch_torch_pruning() -> None:
@@ -113,7 +116,8 @@ def _patch_torch_pruning() -> None:
       20 s of 29): a graph flagged `secateur_mapped` (ours: groups are queried, then pruned at once) keeps
       the mapping computed when it was built;
     - its group search has no bound: each dependency it adds checks the running analysis's budget and
-      counts against `_MAX_GROUP_INDICES` (a search cycling through MaxViT's grid attention), and a
+      counts against `_MAX_GROUP_INDICES` and `_DEPS_PER_NODE` (searches cycling through MaxViT's grid
+      attention, RexNet's partial residual adds: 20,000 dependencies, quadratic, 100+ s), and a
       flatten mapping may not produce more indices than the traced forward's largest tensor holds
       (`secateur_limit`, set by `trace`): one that does has mis-inferred a reshape (chained through Swin
       V2's windows they multiplied to millions: 137 of its 138 s of analysis went to 28 such groups)."""
@@ -143,7 +147,8 @@ def _patch_torch_pruning() -> None:
 
     def counted_search(graph: Any, module: nn.Module, pruning_fn: Any, idxs: Any) -> Any:
         """Searches one group, counting the indices it adds."""
-        _search.indices = 0
+        _search.indices, _search.deps = 0, 0
+        _search.max_deps = _DEPS_PER_NODE * len(graph.module2node)
         try:
             return search(graph, module, pruning_fn, idxs)
         finally:
@@ -155,9 +160,11 @@ def _patch_torch_pruning() -> None:
         check_deadline()
         added = getattr(_search, "indices", None)
         if added is not None:
-            _search.indices = added + len(idxs)
+            _search.indices, _search.deps = added + len(idxs), _search.deps + 1
             if _search.indices > _MAX_GROUP_INDICES:
                 raise _TooManyIndices(f"a group search added over {_MAX_GROUP_INDICES} indices")
+            if _search.deps > _search.max_deps:
+                raise _TooManyIndices(f"a group search added over {_search.max_deps} dependencies")
         add_dep(group, dep, idxs)
 
     def bounded_flatten(mapping: Any, idxs: Any) -> Any:
