@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,7 @@ class Case:
 
     model: str
     source: str  # "weights" or "onnx"
+    only: tuple[str, ...] = ()  # a subset of the methods to run (rerunning what a fix changed)
 
     @property
     def size(self) -> int:
@@ -140,7 +141,8 @@ class Case:
     @property
     def methods(self) -> tuple[str, ...]:
         """The methods this case is run with."""
-        return METHODS if self.source == "weights" else ONNX_METHODS
+        methods = METHODS if self.source == "weights" else ONNX_METHODS
+        return tuple(m for m in methods if not self.only or m in self.only)
 
 
 @dataclass(frozen=True)
@@ -421,20 +423,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="cases at once (one torch thread each)")
     parser.add_argument("--only", help="run only models whose name contains this text")
     parser.add_argument("--source", choices=("weights", "onnx"), help="run only uploads of this kind")
+    parser.add_argument("--method", action="append", choices=METHODS, default=[],
+                        help="run only this method (repeatable)")
     parser.add_argument("--smallest-first", action="store_true", help="order cases by parameter count")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "coverage.md")
     parser.add_argument("--results", type=Path, help="append each outcome as a JSON line here, as it ends; "
-                        "cases already there are not run again, and the table covers them all")
+                        "model × method pairs already there are not run again, and the table covers them all")
     args = parser.parse_args(argv)
     if args.child:
         signal.signal(signal.SIGPROF, _on_alarm)
-        for outcome in _child(Case(**json.loads(args.child)), args.workdir):
+        fields = json.loads(args.child)
+        for outcome in _child(Case(**{**fields, "only": tuple(fields["only"])}), args.workdir):
             print(json.dumps(asdict(outcome)), flush=True)
         return 0
-    cases = [c for c in all_cases() if (args.only is None or args.only in c.model)
-             and (args.source is None or c.source == args.source)]
     done = _recorded(args.results)
-    cases = [c for c in cases if (c.model, c.source) not in {(o.model, o.source) for o in done}]
+    recorded = {(o.model, o.source, o.method) for o in done}
+    cases = []
+    for case in all_cases():
+        if (args.only is None or args.only in case.model) and args.source in (None, case.source):
+            todo = tuple(m for m in case.methods if m not in recorded and m in (args.method or METHODS))
+            cases += [replace(case, only=todo)] if todo else []
 
     def record(outcomes: list[Outcome]) -> None:
         """Appends one finished case's outcomes to the results file."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import onnx
@@ -191,6 +192,20 @@ def test_an_op_the_exporter_cannot_express_is_unsupported_op(tmp_path: Path) -> 
     with pytest.raises(UnsupportedOp, match="fft_fft2"):
         export_onnx(_Spectrum(), (3, 4, 4), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_degenerate_model_is_named_as_such(tmp_path: Path, image_data: DatasetBundle) -> None:
+    """Where float32 rounding alone moves the logits by a sizeable share of their scale (a random
+    EfficientNet-V2-M after pruning and three finetune steps: 3.9e7 of noise on 6.5e7-scale logits), the
+    refusal says the model is degenerate, not that tracing missed control flow."""
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, IMAGE_SHAPE, path)
+    with patch("workers.compression.export.excess", return_value=(1.0, 1e9)), \
+            pytest.raises(ExportMismatch, match="numerically degenerate"):
+        verify(model, path, image_data, device=CPU, threads=1)
+    assert not path.exists()
 
 
 def test_a_model_that_outputs_nan_is_named_as_such(tmp_path: Path, image_data: DatasetBundle) -> None:

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize, prune
 from workers.compression.datasets import DatasetBundle
 from workers.compression.errors import ExportMismatch, UnsupportedOp
 from workers.compression.export_pools import exportable_pools
-from workers.compression.float_noise import ATOL, RTOL, SLACK, excess
+from workers.compression.float_noise import ATOL, RTOL, SLACK, degenerate, excess
 
 __all__ = [
     "ATOL",
@@ -189,7 +189,7 @@ def verify(
         was_training = model.training
         model.eval()
         t_correct = o_correct = seen = 0
-        max_diff, worst, noise, broken = 0.0, -np.inf, 0.0, 0
+        max_diff, worst, noise, scale, broken = 0.0, -np.inf, 0.0, 0.0, 0
         with torch.no_grad(), _ieee_fp32():
             for x, y in data.batches("val", VERIFY_BATCH_SIZE, shuffle=False, device=device):
                 t_logits = model(x).float().cpu().numpy()  # (B, classes)
@@ -200,6 +200,7 @@ def verify(
                 max_diff = max(max_diff, float(np.max(diff, initial=0.0)))
                 over, sample_noise = excess(model, x, t_logits, o_logits)
                 worst, noise = max(worst, over), max(noise, sample_noise)
+                scale = max(scale, float(np.max(np.abs(t_logits), initial=0.0)))
                 t_correct += int((t_logits.argmax(axis=1) == labels).sum())
                 o_correct += int((o_logits.argmax(axis=1) == labels).sum())
                 seen += labels.shape[0]
@@ -218,6 +219,11 @@ def verify(
             raise ExportMismatch(f"the PyTorch model itself outputs NaN or Inf on {broken} of {seen} "
                                  "validation samples (its weights or BatchNorm statistics overflowed), so "
                                  "its export cannot be checked")
+        if degenerate(noise, scale):
+            raise ExportMismatch(f"the PyTorch model's logits (up to {scale:.3g}) move by {noise:.3g} under "
+                                 "float32 rounding alone: it is numerically degenerate (weights or BatchNorm "
+                                 "statistics blew up), so no float32 export can reproduce it (a pruned "
+                                 "model: finetune longer or at a lower finetune.lr, or prune less)")
         raise ExportMismatch(
             f"the ONNX export does not reproduce the PyTorch model on {seen} validation samples: "
             f"max |logit diff| {max_diff:.3g} (tolerance {ATOL:g} + {RTOL:g}*|logit|), top-1 "

@@ -15,11 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ATOL", "RTOL", "SLACK", "excess", "float32_noise"]
+__all__ = ["ATOL", "DEGENERATE", "RTOL", "SLACK", "degenerate", "excess", "float32_noise"]
 
 ATOL = 1e-3
 RTOL = 1e-3
 SLACK = 10.0
+DEGENERATE = 0.01  # float32 noise at this share of the logits' scale: the model computes nothing reliable
+
+
+def degenerate(noise: float, scale: float) -> bool:
+    """Tells whether float32 rounding alone moves logits of magnitude up to `scale` by a sizeable share of
+    it (`noise`): a diverged model, whose outputs no two float32 implementations can agree on."""
+    return noise >= DEGENERATE * scale
 
 
 def float32_noise(model: nn.Module, x: torch.Tensor, logits: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from torch import nn
 from workers.compression.config import TppOptions
 from workers.compression.distill import distill_report, make_teacher
 from workers.compression.errors import InvalidConfig
-from workers.compression.float_noise import excess
+from workers.compression.float_noise import degenerate, excess
 from workers.compression.methods.base import MethodResult, PruneContext, StepHooks
 from workers.compression.methods.registry import register
 from workers.compression.methods.structured import (
@@ -45,9 +45,6 @@ class RemovalMismatch(RuntimeError):
     """Internal error: removing the zeroed filters changed the logits, so the zero-out is broken."""
 
 
-DEGENERATE = 0.01  # float32 noise at this share of the logits' scale: the model computes nothing reliable
-
-
 def _val_outputs(trainer: Trainer, model: nn.Module,
                  compare_to: Sequence[np.ndarray] = ()) -> tuple[float, list[np.ndarray]]:
     """Returns the validation accuracy and logits per batch (eval mode, the split's fixed order). Given the
@@ -69,7 +66,7 @@ def _val_outputs(trainer: Trainer, model: nn.Module,
                 worst, noise = max(worst, over), max(noise, sample_noise)
                 scale = max(scale, float(np.max(np.abs(outputs[-1]), initial=0.0)))
     model.train(was_training)
-    if worst > 0 and noise >= DEGENERATE * scale:
+    if worst > 0 and degenerate(noise, scale):
         raise InvalidConfig(f"the regularization left a model whose logits (up to {scale:.3g}) float32 "
                             f"rounding alone moves by {noise:.3g}: it diverged, so its pruning cannot be "
                             "checked; lower options.lambda_max or finetune.lr, or use l1")
