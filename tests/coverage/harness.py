@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         signal.signal(signal.SIGPROF, _on_alarm)
         fields = json.loads(args.child)
-        for outcome in _child(Case(**{**fields, "only": tuple(fields["only"])}), args.workdir):
+        for outcome in _child(Case(**{**fields, "only": tuple(fields.get("only", ()))}), args.workdir):
             print(json.dumps(asdict(outcome)), flush=True)
         return 0
     done = _recorded(args.results)
@@ -441,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = []
     for case in all_cases():
         if (args.only is None or args.only in case.model) and args.source in (None, case.source):
-            todo = tuple(m for m in case.methods if m not in recorded and m in (args.method or METHODS))
+            todo = tuple(m for m in case.methods
+                         if (case.model, case.source, m) not in recorded and m in (args.method or METHODS))
             cases += [replace(case, only=todo)] if todo else []
 
     def record(outcomes: list[Outcome]) -> None:
