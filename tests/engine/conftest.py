@@ -76,6 +76,24 @@ class TinyResNet(nn.Module):
         return out
 
 
+class SliverNet(nn.Module):
+    """A residual stream (coupled to the stem, left alone) with a 2-channel side branch: the only prunable
+    group, a sliver of the compute."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.stem, self.body = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)
+        self.side = nn.Sequential(nn.Conv2d(32, 2, 1), nn.ReLU(), nn.Conv2d(2, 32, 1))
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 3, H, W) to logits."""
+        x = torch.relu(self.stem(x))
+        x = x + self.body(x) + self.side(x)
+        out: torch.Tensor = self.fc(x.mean(dim=(2, 3)))
+        return out
+
+
 class TinyMLP(nn.Module):
     """Two linear layers for flat features."""
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tests.engine.conftest import write_inputs
+from tests.engine.conftest import SliverNet, write_inputs
 from tests.engine.model_files import export_onnx
 from workers.compression import zoo
 from workers.compression.config import JobConfig, L1Options, Target
@@ -66,6 +66,18 @@ def test_out_of_reach_targets_are_problems_with_the_jobs_code(resnet20: Path) ->
     assert [p["code"] for p in answer["problems"]] == ["invalid_config", "invalid_config"]
     assert [t["reachable"] for t in answer["targets"]] == [False, False]
     assert "out of reach" in answer["targets"][0]["reason"]
+
+
+def test_a_ratio_that_barely_cuts_flops_is_a_problem_as_in_the_job(tmp_path: Path) -> None:
+    """Ratio 0.5 on a model whose prunable groups hold a sliver of its compute: pre-flight marks the target
+    unreachable with the job's reason, instead of predicting a ~1.00x result."""
+    torch.manual_seed(0)
+    model = export_onnx(SliverNet(4).eval(), tmp_path / "sliver.onnx", (3, 8, 8))
+    l1 = JobConfig.model_validate({"method": "l1", "target": {"pruning_ratio": 0.5}})
+    answer = run_preflight(model, l1, estimate=False)
+    assert not answer["ok"]
+    assert [p["code"] for p in answer["problems"]] == ["invalid_config"]
+    assert "fewer FLOPs as measured" in answer["targets"][0]["reason"]
 
 
 def test_a_model_with_nothing_to_prune_is_refused_as_the_job_refuses_it(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.engine.conftest import IMAGE_SHAPE, TinyResNet
+from tests.engine.conftest import IMAGE_SHAPE, SliverNet, TinyResNet
 from tests.engine.model_files import export_onnx
 from workers.compression import zoo
 from workers.compression.config import FinetuneConfig, JobConfig, Target
@@ -328,3 +328,12 @@ def test_l1_flops_target_reported_as_measured(image_data: DatasetBundle) -> None
     assert flops["requested"] == 1.3
     assert flops["measured"] >= 1.3
     assert flops["macs_before"] / flops["macs_after"] == pytest.approx(flops["measured"])
+
+
+def test_a_ratio_that_barely_cuts_flops_is_refused(image_data: DatasetBundle) -> None:
+    """Ratio 0.5 on a model whose prunable groups hold a sliver of its compute would give ~1.00x fewer
+    FLOPs: not met as measured, so the job is refused naming the shortfall and what to change."""
+    torch.manual_seed(0)
+    config = JobConfig(method="l1", target=Target(pruning_ratio=0.5), finetune=FinetuneConfig(epochs=0))
+    with pytest.raises(InvalidConfig, match=r"only 1\.0\dx fewer FLOPs.*below the 1\.14x.*coupled: true"):
+        L1Method().run(_context(SliverNet(image_data.num_classes), image_data, config))

@@ -40,6 +40,7 @@ from workers.compression.methods.structured import (
     Structure,
     importance,
     prunable_structure,
+    ratio_shortfall,
     remove,
     select,
 )
@@ -214,7 +215,11 @@ def _structured_target(model: nn.Module, example: torch.Tensor, structure: Struc
 
     if target.flops_reduction is None:
         assert target.pruning_ratio is not None  # METHOD_TARGETS admits only these two here
-        return entry | pruned_at(target.pruning_ratio)
+        predicted = pruned_at(target.pruning_ratio)
+        reduction = count_macs(model, tuple(example.shape[1:])) / max(predicted["flops"], 1)
+        shortfall = ratio_shortfall(target.pruning_ratio, reduction, structure, method)
+        missed = shortfall is not None and predicted["reachable"]
+        return entry | predicted | ({"reachable": False, "reason": shortfall} if missed else {})
     dense = count_macs(model, tuple(example.shape[1:]))
     return entry | _flops_target(pruned_at, dense, target.flops_reduction, len(structure.groups))
 
