@@ -54,6 +54,16 @@ def test_gram_gradient_matches_autograd_on_a_conv_weight() -> None:
     torch.testing.assert_close(gram_grad(w.detach(), keep), w.grad)
 
 
+@pytest.mark.parametrize("shape", [(6, 3, 3, 3), (48, 4), (48, 4, 1, 1)])
+def test_gram_gradient_matches_autograd_in_either_order(shape: tuple[int, ...]) -> None:
+    """Wide layers on narrow inputs (N > D) take the D x D order; it equals autograd's gradient too."""
+    seeded = torch.Generator().manual_seed(1)
+    w = torch.randn(*shape, generator=seeded, dtype=torch.float64, requires_grad=True)
+    keep = (torch.arange(shape[0]) % 3 != 0).double()
+    gram_penalty(w, keep).backward()  # type: ignore[no-untyped-call]
+    torch.testing.assert_close(gram_grad(w.detach(), keep), w.grad)
+
+
 def _hooks(model: nn.Module, **options: Any) -> TppHooks:
     """TppHooks over half of each prunable group of `model`, on the schedule `options` resolve to."""
     _, plans = plans_for(model, IMAGE_SHAPE, 0.5)

@@ -90,9 +90,22 @@ def gram_penalty(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def gram_grad(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Returns dL_gram/dW = (4/N^2) (G ⊙ M) W, shaped like `weight` (G = W W^T and M are symmetric,
-    M is binary so M ⊙ M = M): one (N, N) and one (N, D) product instead of an autograd graph."""
+    M is binary so M ⊙ M = M), without an autograd graph and in whichever order costs less.
+
+    Row i of (G ⊙ M) W is W_i (W^T W) for a pruned filter and W_i (P^T P) for a kept one (P: the pruned
+    rows): products of D x D matrices, ~(N + N_p) D^2 multiplies instead of the N^2 D of forming G. Wide
+    layers on narrow inputs (EfficientNet-B7's 1x1 expansions, N = 6 D) spent 80% of TPP's step time here.
+    """
     w = weight.flatten(1)  # (N, D)
-    return ((4.0 / w.shape[0] ** 2) * ((w @ w.T) * _off_mask(keep)) @ w).view_as(weight)
+    n, d = w.shape
+    pruned = keep == 0
+    p = w[pruned]  # (N_p, D)
+    if n * n <= (n + p.shape[0]) * d:
+        product = ((w @ w.T) * _off_mask(keep)) @ w
+    else:
+        product = w @ (p.T @ p)
+        product[pruned] = p @ (w.T @ w)
+    return ((4.0 / n**2) * product).view_as(weight)
 
 
 MAX_GRAM_STEP = 0.25  # of the layer's weight norm, per SGD step (before momentum)
