@@ -27,7 +27,7 @@ from typing import Any
 __all__ = ["HF_MODELS", "TIMM_MODELS", "Case", "Outcome", "all_cases", "run_cases", "write_table"]
 
 ROOT = Path(__file__).resolve().parents[2]
-CLASSES, SIZE = 10, 64
+CLASSES, SIZE, BATCH = 10, 64, 16
 METHODS = ("l1", "tpp", "magnitude", "weightmom")
 ONNX_METHODS = ("magnitude", "l1")
 JOB_LIMIT_S = 600  # "no job takes over 10 minutes on this CPU", in CPU seconds (one torch thread)
@@ -137,6 +137,12 @@ class Case:
     def size(self) -> int:
         """The input side the model is built and fed at."""
         return MIN_SIZE.get(self.model, SIZE)
+
+    @property
+    def batch_size(self) -> int:
+        """The training batch: 16 at 64 px, fewer for a larger input, so every step costs about the same
+        (MaxViT at 224 px spent 10 CPU s per TPP step at 16 and ran past the job limit)."""
+        return max(2, round(BATCH * (SIZE / self.size) ** 2))
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -291,7 +297,7 @@ def _child(case: Case, folder: Path) -> Iterator[Outcome]:
                 "method": method,
                 "architecture": architecture,
                 "target": target,
-                "finetune": {"epochs": 1, "batch_size": 16},
+                "finetune": {"epochs": 1, "batch_size": case.batch_size},
                 "data": {"image_size": case.size},
                 # TPP's default ramp is up to 2,000 steps: a coverage run only needs the phase to run.
                 "options": {"max_reg_steps": 10, "zero_out_interval": 50} if method == "tpp" else {},
@@ -379,7 +385,8 @@ def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str,
         "",
         f"Made by `{command}` (random weights with BatchNorm statistics calibrated on the training images "
         "as the job feeds them, "
-        f"{CLASSES} classes, {SIZE} px unless the model needs more, 1 finetune epoch; the whole chain: "
+        f"{CLASSES} classes, {SIZE} px unless the model needs more, 1 finetune epoch of batches of {BATCH} "
+        "(fewer at a larger input, as many pixels per batch); the whole chain: "
         "load → prune → finetune → ONNX export → onnxruntime parity → report; seconds are the job's CPU "
         "seconds). Regenerate it with the same command.",
         "",
