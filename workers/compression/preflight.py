@@ -213,14 +213,14 @@ def _structured_target(model: nn.Module, example: torch.Tensor, structure: Struc
                 "flops": count_macs(pruned, tuple(example.shape[1:])), "reachable": bool(plans),
                 "reason": None if plans else "the ratio removes no channel from any group"}
 
+    dense = count_macs(model, tuple(example.shape[1:]))
     if target.flops_reduction is None:
         assert target.pruning_ratio is not None  # METHOD_TARGETS admits only these two here
         predicted = pruned_at(target.pruning_ratio)
-        reduction = count_macs(model, tuple(example.shape[1:])) / max(predicted["flops"], 1)
+        reduction = dense / max(predicted["flops"], 1)
         shortfall = ratio_shortfall(target.pruning_ratio, reduction, structure, method)
         missed = shortfall is not None and predicted["reachable"]
         return entry | predicted | ({"reachable": False, "reason": shortfall} if missed else {})
-    dense = count_macs(model, tuple(example.shape[1:]))
     return entry | _flops_target(pruned_at, dense, target.flops_reduction, len(structure.groups))
 
 

@@ -220,13 +220,14 @@ def choose(ctx: PruneContext, options: L1Options | TppOptions, *, exact: bool = 
     pruned = copy.deepcopy(ctx.model)
     remove(pruned, plans, example)
     dense_macs, pruned_macs = macs(ctx.model, example), macs(pruned, example)
+    measured = dense_macs / pruned_macs
     if target.pruning_ratio is not None:
-        shortfall = ratio_shortfall(ratio, dense_macs / pruned_macs, structure, ctx.config.method)
+        shortfall = ratio_shortfall(ratio, measured, structure, ctx.config.method)
         if shortfall is not None:
             raise InvalidConfig(shortfall)
     report |= {
         "pruning_ratio": ratio,
-        "flops_reduction": {"requested": target.flops_reduction, "measured": dense_macs / pruned_macs,
+        "flops_reduction": {"requested": target.flops_reduction, "measured": measured,
                             "macs_before": dense_macs, "macs_after": pruned_macs},
         "removed_channels": json.loads(plan_to_json(plans)),
     }

@@ -99,10 +99,10 @@ def gram_grad(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     w = weight.flatten(1)  # (N, D)
     n, d = w.shape
     pruned = keep == 0
-    p = w[pruned]  # (N_p, D)
-    if n * n <= (n + p.shape[0]) * d:
+    if n * n <= (n + int(pruned.sum())) * d:
         product = ((w @ w.T) * _off_mask(keep)) @ w
     else:
+        p = w[pruned]  # (N_p, D)
         product = w @ (p.T @ p)
         product[pruned] = p @ (w.T @ w)
     return ((4.0 / n**2) * product).view_as(weight)

@@ -146,7 +146,7 @@ def _patch_torch_pruning() -> None:
             update(graph)
 
     def counted_search(graph: Any, module: nn.Module, pruning_fn: Any, idxs: Any) -> Any:
-        """Searches one group, counting the indices it adds."""
+        """Searches one group, counting the indices and dependencies it adds."""
         _search.indices, _search.deps = 0, 0
         _search.max_deps = _DEPS_PER_NODE * len(graph.module2node)
         try:
