@@ -34,9 +34,11 @@ JOB_LIMIT_S = 600  # "no job takes over 10 minutes on this CPU", in CPU seconds 
 LOAD_ALLOWANCE = 4  # a child's wall-clock limit over its CPU limit: how busy the machine may be
 # The smallest input an architecture takes, where 64 px is below it (test input, not model code).
 # 70: a multiple of ViT-H's 14-px patch; 224: MaxViT partitions every stage's map into 7x7 windows, and
-# AlexNet's adaptive pool would upsample a smaller map to 6x6, which torch's ONNX exporter refuses.
+# AlexNet's and VGG's adaptive pools would upsample a smaller map to 6x6 / 7x7, which torch's ONNX exporter
+# refuses.
 MIN_SIZE = {
     "torchvision/alexnet": 224,
+    **{f"torchvision/vgg{depth}{bn}": 224 for depth in (11, 13, 16, 19) for bn in ("", "_bn")},
     "torchvision/inception_v3": 96,
     "torchvision/vit_h_14": 70,
     "torchvision/maxvit_t": 224,

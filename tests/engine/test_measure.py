@@ -80,3 +80,13 @@ def test_latency_times_each_side_in_turn(
     measure.latency_ms(path, path, IMAGE_SHAPE, threads=1, batches=(1,), min_runs=3, max_runs=3)
     warm_up = ["baseline", "pruned"]
     assert order == [*warm_up, "baseline", "pruned", "pruned", "baseline", "baseline", "pruned"]
+
+
+def test_latency_stops_a_slow_model_at_its_cap(tmp_path: Path, tiny_cnn: TinyResNet) -> None:
+    """A model whose runs outlast the cap gets one timed run, not min_runs (VGG at 224 px took minutes)."""
+    path = tmp_path / "m.onnx"
+    export_onnx(tiny_cnn, IMAGE_SHAPE, path)
+    result = measure.latency_ms(path, path, IMAGE_SHAPE, threads=1, batches=(1, 2), min_runs=5, budget_s=0.0,
+                                cap_s=0.0)
+    assert result["runs"] == {"b1": 1, "b2": 1}
+    assert result["baseline"]["b2"] > 0.0

@@ -119,11 +119,14 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 def latency_ms(
     baseline: Path, pruned: Path, input_shape: tuple[int, ...], *, threads: int,
     batches: tuple[int, ...] = LATENCY_BATCHES, min_runs: int = 5, max_runs: int = 50, budget_s: float = 5.0,
+    cap_s: float = 20.0,
 ) -> dict[str, Any]:
     """Measures median onnxruntime latency of both models at each batch size, alternating runs.
 
     Returns {"baseline": {"b1": ms, ...}, "pruned": {...}, "runs": {"b1": n, ...}}: at least `min_runs`
-    timed runs per model, more until `max_runs` or about `budget_s` seconds per batch size.
+    timed runs per model, more until `max_runs` or about `budget_s` seconds per batch size; a model so large
+    that `min_runs` would take over `cap_s` (VGG-16 at 224 px: ~10 CPU s per batch of 64) stops there,
+    after one run at least, and `runs` says how many it took.
     """
     sessions = {"baseline": ort_session(baseline, threads), "pruned": ort_session(pruned, threads)}
     result: dict[str, Any] = {"baseline": {}, "pruned": {}, "runs": {}}
@@ -135,7 +138,7 @@ def latency_ms(
         times: dict[str, list[float]] = {"baseline": [], "pruned": []}
         start = time.perf_counter()
         runs = 0
-        while runs < min_runs or (runs < max_runs and time.perf_counter() - start < budget_s):
+        while _another_run(runs, time.perf_counter() - start, min_runs, max_runs, budget_s, cap_s):
             # Swap who goes first each round, so neither side always runs on a cache warmed by the other.
             order = ("baseline", "pruned") if runs % 2 == 0 else ("pruned", "baseline")
             for side in order:
@@ -147,3 +150,12 @@ def latency_ms(
             result[side][f"b{batch}"] = statistics.median(samples)
         result["runs"][f"b{batch}"] = runs
     return result
+
+
+def _another_run(runs: int, elapsed_s: float, min_runs: int, max_runs: int, budget_s: float,
+                 cap_s: float) -> bool:
+    """Whether latency_ms times another round: the first always, then while under budget (or short of
+    min_runs and under the cap), never past max_runs."""
+    if runs == 0:
+        return True
+    return runs < max_runs and (elapsed_s < budget_s or (runs < min_runs and elapsed_s < cap_s))

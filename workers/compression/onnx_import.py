@@ -35,7 +35,7 @@ __all__ = [
     "to_torch",
 ]
 
-MAX_ONNX_BYTES = 1 << 30  # one file, all weights inside; protobuf itself stops at 2 GiB
+MAX_ONNX_BYTES = (1 << 31) - 1  # one file, all weights inside: protobuf's own limit (ViT-L is 1.2 GB)
 MAX_NODES = 20_000  # counted over every (sub)graph
 MAX_INITIALIZERS = 20_000
 MAX_DIM = 1 << 24  # any one tensor dimension
