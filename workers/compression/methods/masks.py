@@ -18,7 +18,7 @@ from torch import nn
 from workers.compression.errors import InvalidConfig
 
 __all__ = [
-    "PrunableLayer", "global_removal_counts", "layer_kind", "select_prunable", "weight_layers",
+    "PrunableLayer", "global_removal_counts", "layer_kind", "select_prunable", "smallest", "weight_layers",
 ]
 
 LayerKind = Literal["conv", "linear"]
@@ -74,10 +74,7 @@ class PrunableLayer:
         if count <= 0:
             return
         candidates = self.score.masked_fill(self.pruned, float("inf")).flatten()
-        chosen = torch.argsort(candidates, stable=True)[:count]
-        newly = torch.zeros_like(candidates, dtype=torch.bool)
-        newly[chosen] = True
-        newly = newly.view(self.pruned.shape)  # a mask, not flat views: works for any memory layout
+        newly = smallest(candidates, count).view(self.pruned.shape)  # a mask: any memory layout works
         with torch.no_grad():
             self.pruned |= newly
             self.weight.masked_fill_(newly, 0.0)
@@ -113,9 +110,20 @@ def global_removal_counts(layers: Sequence[PrunableLayer], count: int) -> list[i
     """Returns, per layer, how many of the `count` alive weights of globally smallest score it holds
     (the count-based global threshold on m; ties to the earlier layer, then the lower flat index)."""
     alive_scores = torch.cat([layer.score[~layer.pruned] for layer in layers])  # (sum a_l,)
-    owner = torch.cat([
-        torch.full((layer.alive,), i, dtype=torch.long, device=alive_scores.device)
-        for i, layer in enumerate(layers)
-    ])
-    chosen = torch.argsort(alive_scores, stable=True)[:count]
-    return [int(n) for n in torch.bincount(owner[chosen], minlength=len(layers))]
+    chosen = smallest(alive_scores, count)
+    return [int(part.sum()) for part in torch.split(chosen, [layer.alive for layer in layers])]
+
+
+def smallest(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Returns a bool mask of the `count` smallest entries of 1-D `values`, ties to the lower index (what a
+    stable argsort's first `count` pick), in linear time: sorting VGG-16's 138 M weights took 20 CPU s at
+    every pruning event."""
+    if count >= values.numel():
+        return torch.ones_like(values, dtype=torch.bool)
+    if count <= 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    threshold = torch.kthvalue(values, count).values
+    chosen = values < threshold
+    ties = torch.nonzero(values == threshold).flatten()[: count - int(chosen.sum())]
+    chosen[ties] = True
+    return chosen
