@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HF_MODELS", "TIMM_MODELS", "Case", "Outcome", "all_cases", "run_cases", "write_table"]
+__all__ = [
+    "HF_MODELS", "TIMM_MODELS", "Case", "Outcome", "all_cases", "pending_cases", "run_cases", "write_table",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES, SIZE, BATCH = 10, 64, 16
@@ -412,9 +414,25 @@ def write_table(outcomes: Sequence[Outcome], path: Path, *, command: str,
         )
     if pending:
         lines += ["", f"Not run yet ({len(pending)} uploads; `--results FILE` resumes): "
-                  + ", ".join(f"{c.model} ({c.source})" for c in pending)]
+                  + ", ".join(_describe(c) for c in pending)]
     path.write_text("\n".join(lines) + "\n")
     return totals
+
+
+def _describe(case: Case) -> str:
+    """Names an upload not (fully) run: `model (source)`, with the methods left when some already ran."""
+    every = Case(case.model, case.source).methods
+    if case.methods == every:
+        return f"{case.model} ({case.source})"
+    return f"{case.model} ({case.source}: {', '.join(case.methods)})"
+
+
+def pending_cases(outcomes: Sequence[Outcome]) -> list[Case]:
+    """Every upload with a method not in `outcomes`, narrowed to those methods."""
+    ran = {(o.model, o.source, o.method) for o in outcomes}
+    cases = [replace(c, only=tuple(m for m in c.methods if (c.model, c.source, m) not in ran))
+             for c in all_cases()]
+    return [c for c in cases if c.only]
 
 
 def _recorded(path: Path | None) -> list[Outcome]:
@@ -464,9 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = smallest_first(cases)
     outcomes = done + run_cases(cases, args.workdir, jobs=args.jobs, on_case=record)
     command = " ".join(["python -m tests.coverage.harness", *(argv if argv is not None else sys.argv[1:])])
-    ran = {(o.model, o.source) for o in outcomes}
-    pending = [c for c in all_cases() if (c.model, c.source) not in ran]
-    totals = write_table(outcomes, args.out, command=command, pending=pending)
+    totals = write_table(outcomes, args.out, command=command, pending=pending_cases(outcomes))
     for key, (passed, total) in sorted(totals.items()):
         print(f"{key}: {passed}/{total}")
     return 0

@@ -6,11 +6,12 @@ types as weights and as ONNX exports, writes docs/coverage.md, and holds the iss
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.coverage.harness import ROOT, Case, Outcome, all_cases, run_cases, write_table
+from tests.coverage.harness import ROOT, Case, Outcome, all_cases, pending_cases, run_cases, write_table
 
 SLICE = (
     Case("hf/vit", "weights"),
@@ -54,3 +55,17 @@ def test_full_coverage_meets_the_bars(tmp_path: Path) -> None:
                 bar = BARS.get((family, o_source)) if o_source == "weights" else ONNX_BARS.get(method)
                 if rows and bar is not None:
                     assert sum(o.passed for o in rows) / len(rows) >= bar, (family, o_source, method)
+
+
+def test_pending_names_the_methods_left_to_run() -> None:
+    """An upload with some methods recorded stays pending with only the others; the table says which."""
+    cases = all_cases()
+    first = cases[0]
+    done = [Outcome(first.model, first.source, m, True, "ok", None, None, 0.0, "") for m in first.methods[1:]]
+    pending = pending_cases(done)
+    assert pending[0] == replace(first, only=first.methods[:1])
+    def named(c: Case) -> tuple[str, str, tuple[str, ...]]:
+        """What a case runs, whatever its `only` says."""
+        return c.model, c.source, c.methods
+
+    assert [named(c) for c in pending[1:]] == [named(c) for c in cases[1:]]
