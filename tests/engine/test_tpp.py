@@ -89,6 +89,19 @@ def test_authors_staircase_in_steps() -> None:
     assert schedule.gram_lambda(1.0) == 1.0
 
 
+def test_a_deep_network_zeroes_several_groups_per_event() -> None:
+    """Past 50 groups an event zeroes consecutive groups, so the pass has at most 50 events: 101 groups go
+    3 at a time (34 events), every group is zeroed by the end of the hold, and the order is kept."""
+    schedule = make_tpp_schedule(TppOptions(zero_out_interval=50), groups=101)
+    assert schedule.groups_per_zero_out == 3
+    assert schedule.hold_steps == 34
+    zero_at = schedule.zero_at(10)
+    assert zero_at[:4] == [11, 11, 11, 12]
+    assert zero_at[-1] == schedule.zeroed_by(10) == 10 + 34
+    assert schedule.end(10) >= schedule.zeroed_by(10)
+    assert make_tpp_schedule(TppOptions(), groups=50).groups_per_zero_out == 1
+
+
 def test_default_schedule_is_the_authors_cifar_run_scaled_by_one_fiftieth() -> None:
     """Authors: +1e-4 every 10 steps to 1 (100,000 steps), 10,000 steps of hold, a layer every 100 steps.
     Scale 0.02: +5e-3 every 10 steps (2,000 steps), 200 of hold, a layer every 2; scale 1 is theirs."""
@@ -107,6 +120,7 @@ def test_default_schedule_is_the_authors_cifar_run_scaled_by_one_fiftieth() -> N
     assert adaptive.hold_steps == 18
     assert adaptive.max_steps == 2000 + 18
     assert adaptive.increment == pytest.approx(0.05)  # ten times the scaled staircase
+    assert adaptive.groups_per_zero_out == 1
     assert [adaptive.lam(t) for t in (190, 200, 300, 400)] == pytest.approx([0.95, 1.0, 2.0, 4.0])
     assert adaptive.lam(2000) == 1000.0  # doubles past lambda_max while it must, up to the stable ceiling
     assert adaptive.gram_lambda(2.0) == 1.0  # the Gram weight stays at the authors' ceiling
@@ -271,7 +285,7 @@ def test_tpp_end_to_end(image_data: DatasetBundle, trained_cnn: TinyResNet) -> N
     assert report["regularization_steps"] == 16
     assert report["schedule"] | {"lambda_at_zero_out": 1.0} == {
         "mode": "authors", "lambda_increment": 0.125, "update_interval": 1, "ramp_steps": 8, "hold_steps": 8,
-        "zero_out_interval": 4, "max_steps": 16, "lambda_at_zero_out": 1.0}
+        "zero_out_interval": 4, "groups_per_zero_out": 1, "max_steps": 16, "lambda_at_zero_out": 1.0}
     assert report["zero_out_cost"] == pytest.approx(
         report["accuracy_after_regularization"] - report["accuracy_after_zero_out"])
     assert report["distill"] is None

@@ -432,7 +432,8 @@ def _schedule_report(schedule: TppSchedule, lam: float | int | str | None) -> di
     return {"mode": "adaptive" if schedule.adaptive else "authors", "lambda_increment": schedule.increment,
             "update_interval": schedule.update_interval, "ramp_steps": schedule.ramp_steps,
             "hold_steps": schedule.hold_steps, "zero_out_interval": schedule.zero_out_interval,
-            "max_steps": schedule.max_steps, "lambda_at_zero_out": None if lam is None else float(lam)}
+            "groups_per_zero_out": schedule.groups_per_zero_out, "max_steps": schedule.max_steps,
+            "lambda_at_zero_out": None if lam is None else float(lam)}
 
 
 register(TppMethod())

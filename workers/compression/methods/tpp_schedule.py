@@ -18,6 +18,9 @@ Why doubling: the cross-entropy gradient holds a still-useful pruned channel at 
 ramp stalls (ResNet-20 at PR 0.9: still at 0.1 at lambda 2.5, step 500). Doubling got the same model to
 0.011 at lambda 256 (step 1000) and ~0.005 at the ceiling (step 1300): at high ratios the cap, not the
 goal, can end the ramp, and the report then shows the zero-out cost with a warning above 1 point.
+A zero-out pass has at most MAX_ZERO_OUT_EVENTS events: past that, an event zeroes several consecutive
+groups, so a deep network's pass stays brief (Wide-ResNet-101 has ~100 groups at seconds per CPU step; the
+paper's ResNet-56 has 27 and keeps one per event).
 Its cap is the scaled ramp (2,000 steps); lambda never passes LAMBDA_CEILING. The Gram term's lambda never
 exceeds lambda_max, so a strong pull does not twist the kept filters harder than the authors' ceiling does.
 Torch-free, so the shape is unit-tested.
@@ -30,11 +33,12 @@ from dataclasses import dataclass
 
 from workers.compression.config import TppOptions
 
-__all__ = ["LAMBDA_CEILING", "TppSchedule", "make_tpp_schedule"]
+__all__ = ["LAMBDA_CEILING", "MAX_ZERO_OUT_EVENTS", "TppSchedule", "make_tpp_schedule"]
 
 # SGD with momentum mu on the L2 pull (lambda/2)||w||^2 is stable while lr*lambda < 2(1 + mu) = 3.8; at the
 # regularization LR 1e-3 this keeps lr*lambda at 1.
 LAMBDA_CEILING = 1000.0
+MAX_ZERO_OUT_EVENTS = 50
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class TppSchedule:
     max_steps: int  # the phase's length (authors) or its cap (adaptive)
     groups: int
     doubling_steps: int = 100  # adaptive: lambda doubles this often once past lambda_max
+    groups_per_zero_out: int = 1  # consecutive groups zeroed at one event (more than 1 past 50 groups)
 
     def lam(self, step: int, ramp_end: int | None = None) -> float:
         """Returns lambda for 0-based step `step`: increment * floor(step / update_interval) up to lambda_max,
@@ -70,12 +75,19 @@ class TppSchedule:
 
     def zero_at(self, ramp_end: int) -> list[int]:
         """Returns, per group, the step count after which it is zeroed (and re-zeroed after every later step):
-        one group every zero_out_interval steps after the ramp (as the authors: layer i at (i+1)*interval)."""
-        return [ramp_end + (i + 1) * self.zero_out_interval for i in range(self.groups)]
+        one event every zero_out_interval steps after the ramp (as the authors: layer i at (i+1)*interval),
+        each zeroing groups_per_zero_out consecutive groups."""
+        per_event, interval = self.groups_per_zero_out, self.zero_out_interval
+        return [ramp_end + (i // per_event + 1) * interval for i in range(self.groups)]
 
     def zeroed_by(self, ramp_end: int) -> int:
         """Returns the steps after which every group has been zeroed."""
-        return ramp_end + self.groups * self.zero_out_interval
+        return ramp_end + self._events * self.zero_out_interval
+
+    @property
+    def _events(self) -> int:
+        """The number of zero-out events in one pass."""
+        return math.ceil(self.groups / self.groups_per_zero_out)
 
     def end(self, ramp_end: int) -> int:
         """Returns the phase's length in steps once the ramp ended at `ramp_end`."""
@@ -83,8 +95,8 @@ class TppSchedule:
 
 
 def make_tpp_schedule(options: TppOptions, groups: int) -> TppSchedule:
-    """Scales the authors' step counts by options.scale; the zero-out interval shrinks so that every group
-    is zeroed within the hold (the authors refuse to run otherwise)."""
+    """Scales the authors' step counts by options.scale; the zero-out interval shrinks so that every event
+    falls within the hold (the authors refuse to run otherwise)."""
     scale = options.scale
     staircase = options.reg_granularity / scale
     ramp = options.update_interval * math.ceil(options.lambda_max / staircase - 1e-9)
@@ -92,12 +104,14 @@ def make_tpp_schedule(options: TppOptions, groups: int) -> TppSchedule:
     increment = staircase * options.growth if adaptive else staircase
     hold = round(options.stabilize_steps * scale)
     count = max(groups, 1)
+    per_event = math.ceil(count / MAX_ZERO_OUT_EVENTS)
+    events = math.ceil(count / per_event)
     interval = max(1, round(options.zero_out_interval * scale))
     if options.schedule == "adaptive":
-        hold = count * interval  # one zero-out pass
-    elif count * interval > hold:
-        interval = max(1, hold // count)
-        hold = max(hold, count * interval)
+        hold = events * interval  # one zero-out pass
+    elif events * interval > hold:
+        interval = max(1, hold // events)
+        hold = max(hold, events * interval)
     if adaptive:
         cap = options.max_reg_steps if options.max_reg_steps is not None else ramp
         max_steps = cap + hold if cap > 0 else 0  # a cap of 0: zero out at once, no regularization
@@ -106,4 +120,4 @@ def make_tpp_schedule(options: TppOptions, groups: int) -> TppSchedule:
     return TppSchedule(adaptive=adaptive, increment=increment, update_interval=options.update_interval,
                        lambda_max=options.lambda_max, ramp_steps=ramp, hold_steps=hold,
                        zero_out_interval=interval, max_steps=max_steps, groups=count,
-                       doubling_steps=options.doubling_steps)
+                       doubling_steps=options.doubling_steps, groups_per_zero_out=per_event)
