@@ -253,10 +253,10 @@ def _onnx_uploads() -> list[str]:
 def test_every_onnx_upload_round_trips_or_is_refused_by_name(model: str, tmp_path: Path) -> None:
     """The dense round trip of the coverage list's ONNX exports: passes, or a typed refusal (xfail with
     its code), never an untyped crash. A model whose own export fails at this size is not an upload."""
-    from tests.coverage.harness import CLASSES, MIN_SIZE, SIZE
+    from tests.coverage.harness import CLASSES, min_size
     from tests.coverage.uploads import prepare, tiny_dataset
 
-    size = MIN_SIZE.get(model, SIZE)
+    size = min_size(model, "onnx")
     dataset = tiny_dataset(tmp_path / "data.npz", classes=CLASSES, size=size)
     try:
         path, _ = prepare(model, "onnx", tmp_path, dataset=dataset, classes=CLASSES, size=size)
