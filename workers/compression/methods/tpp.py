@@ -93,16 +93,21 @@ def gram_grad(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     M is binary so M ⊙ M = M), without an autograd graph and in whichever order costs less.
 
     Row i of (G ⊙ M) W is W_i (W^T W) for a pruned filter and W_i (P^T P) for a kept one (P: the pruned
-    rows): products of D x D matrices, ~(N + N_p) D^2 multiplies instead of the N^2 D of forming G. Wide
-    layers on narrow inputs (EfficientNet-B7's 1x1 expansions, N = 6 D) spent 80% of TPP's step time here.
+    rows). Only G's pruned rows A = P W^T are needed: pruned rows are A W and kept rows A[:, kept]^T P,
+    N_p D (2N + N_k) multiplies where forming all of G costs 2 N^2 D (VGG's 4096 x 25088 classifier layer
+    at PR 0.5: 37% fewer). Wide layers on narrow inputs (EfficientNet-B7's 1x1 expansions, N = 6 D) take
+    the D x D products instead, ~(N + N_p) D^2 (they spent 80% of TPP's step time here).
     """
     w = weight.flatten(1)  # (N, D)
     n, d = w.shape
     pruned = keep == 0
-    if n * n <= (n + int(pruned.sum())) * d:
-        product = ((w @ w.T) * _off_mask(keep)) @ w
+    p = w[pruned]  # (N_p, D)
+    if p.shape[0] * (3 * n - p.shape[0]) <= (n + p.shape[0]) * d:
+        a = p @ w.T  # (N_p, N)
+        product = torch.empty_like(w)
+        product[pruned] = a @ w
+        product[~pruned] = a[:, ~pruned].T @ p
     else:
-        p = w[pruned]  # (N_p, D)
         product = w @ (p.T @ p)
         product[pruned] = p @ (w.T @ w)
     return ((4.0 / n**2) * product).view_as(weight)
