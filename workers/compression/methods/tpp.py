@@ -218,7 +218,8 @@ def norm_ratio(members: Sequence[_Regularized]) -> float:
 class TppHooks(StepHooks):
     """The regularization phase on TPP's step schedule (tpp_schedule.py): adds the penalty gradients after
     backward, ends the ramp (authors: at lambda_max; adaptive: once norm_ratio < options.norm_ratio), zeroes
-    one group every zero_out_interval steps after it, and ends an adaptive phase after that pass."""
+    one group (several past 50 groups) every zero_out_interval steps after it, and ends an adaptive phase
+    after that pass."""
 
     def __init__(
         self, model: nn.Module, plans: Sequence[GroupPlan], options: TppOptions, *, schedule: TppSchedule,
