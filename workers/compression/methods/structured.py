@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers.compression.batchnorm_stats import recalibrate_batchnorms
 from workers.compression.config import L1Options, TppOptions
+from workers.compression.datasets import no_single_sample
 from workers.compression.distill import Teacher, distill_report, make_teacher
 from workers.compression.errors import InvalidConfig
 from workers.compression.measure import count_macs
@@ -31,6 +33,7 @@ from workers.compression.methods.groups import (
     remove,
 )
 from workers.compression.methods.registry import register
+from workers.compression.training import Trainer
 
 __all__ = [
     "FINETUNE_PHASE",
@@ -52,6 +55,7 @@ __all__ = [
     "plan_from_json",
     "plan_to_json",
     "prunable_structure",
+    "recalibrate_after_removal",
     "remove",
     "search_ratio",
     "select",
@@ -261,6 +265,15 @@ def finetune(ctx: PruneContext, model: nn.Module, teacher: Teacher | None = None
     return None if first is None else float(first["accuracy"])
 
 
+def recalibrate_after_removal(model: nn.Module, trainer: Trainer) -> int:
+    """Re-estimates the BatchNorm statistics of a pruned model on shuffled training batches (a generator of
+    its own, so the finetune's shuffling is unchanged); returns the images used."""
+    shuffled = torch.Generator().manual_seed(trainer.seed)
+    batches = trainer.data.batches("train", trainer.finetune.batch_size, shuffle=True, generator=shuffled,
+                                   device=trainer.device)
+    return recalibrate_batchnorms(model, no_single_sample(batches))
+
+
 def _remembered_accuracy(ctx: PruneContext, key: str, model: nn.Module) -> float:
     """Returns an accuracy kept from an earlier attempt, or evaluates `model` now and keeps it."""
     value = ctx.trainer.recall(key)
@@ -277,8 +290,9 @@ class L1Method:
     structured = True
 
     def run(self, ctx: PruneContext) -> MethodResult:
-        """Selects, removes, optionally trains `extra_steps` at constant LR (the budget-matched control) and
-        finetunes; reports accuracy right after removal and after one finetune epoch."""
+        """Selects, removes, re-estimates BatchNorm statistics, optionally trains `extra_steps` at constant LR
+        (the budget-matched control) and finetunes; reports accuracy right after removal and after one
+        finetune epoch."""
         options = L1Options.model_validate(ctx.config.options)
         trainer = ctx.trainer
         teacher = make_teacher(ctx.model, ctx.config.finetune)
@@ -287,6 +301,7 @@ class L1Method:
         selection = choose(ctx, options)
         layers = layer_report(ctx.model, selection.plans)
         remove(ctx.model, selection.plans, example_input(ctx))
+        recalibrated = recalibrate_after_removal(ctx.model, trainer)
         after_removal = _remembered_accuracy(ctx, "l1.accuracy_after_removal", ctx.model)
         if options.extra_steps:
             trainer.fit(ctx.model, phase=EXTRA_PHASE, epochs=0.0, steps=options.extra_steps,
@@ -294,7 +309,8 @@ class L1Method:
         first_epoch = finetune(ctx, ctx.model, teacher)
         report = {"options": options.model_dump(), **selection.report,
                   "accuracy_after_removal": after_removal, "accuracy_after_first_finetune_epoch": first_epoch,
-                  "extra_steps": options.extra_steps, "distill": distill_report(ctx.config.finetune)}
+                  "extra_steps": options.extra_steps, "distill": distill_report(ctx.config.finetune),
+                  "batchnorm_recalibration_images": recalibrated}
         return MethodResult(model=ctx.model, report=report, layers=layers)
 
 
