@@ -56,6 +56,8 @@ def min_size(model: str, source: str) -> int:
     if source == "onnx" and model in ONNX_MIN_SIZE:
         return ONNX_MIN_SIZE[model]
     return MIN_SIZE.get(model, SIZE)
+
+
 # At least 40 timm models across families: CNNs, mobile nets, re-parameterizable nets, transformers, hybrids.
 TIMM_MODELS = (
     "resnet18",

@@ -57,6 +57,11 @@ def test_full_coverage_meets_the_bars(tmp_path: Path) -> None:
                     assert sum(o.passed for o in rows) / len(rows) >= bar, (family, o_source, method)
 
 
+def _runs(case: Case) -> tuple[str, str, tuple[str, ...]]:
+    """What a case runs, whatever its `only` says."""
+    return case.model, case.source, case.methods
+
+
 def test_pending_names_the_methods_left_to_run() -> None:
     """An upload with some methods recorded stays pending with only the others; the table says which."""
     cases = all_cases()
@@ -64,8 +69,4 @@ def test_pending_names_the_methods_left_to_run() -> None:
     done = [Outcome(first.model, first.source, m, True, "ok", None, None, 0.0, "") for m in first.methods[1:]]
     pending = pending_cases(done)
     assert pending[0] == replace(first, only=first.methods[:1])
-    def named(c: Case) -> tuple[str, str, tuple[str, ...]]:
-        """What a case runs, whatever its `only` says."""
-        return c.model, c.source, c.methods
-
-    assert [named(c) for c in pending[1:]] == [named(c) for c in cases[1:]]
+    assert [_runs(c) for c in pending[1:]] == [_runs(c) for c in cases[1:]]

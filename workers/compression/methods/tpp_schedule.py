@@ -55,7 +55,7 @@ class TppSchedule:
     max_steps: int  # the phase's length (authors) or its cap (adaptive)
     groups: int
     doubling_steps: int = 100  # adaptive: lambda doubles this often once past lambda_max
-    groups_per_zero_out: int = 1  # consecutive groups zeroed at one event (more than 1 past 50 groups)
+    groups_per_zero_out: int = 1  # consecutive groups zeroed at one event (> 1 past MAX_ZERO_OUT_EVENTS)
 
     def lam(self, step: int, ramp_end: int | None = None) -> float:
         """Returns lambda for 0-based step `step`: increment * floor(step / update_interval) up to lambda_max,
