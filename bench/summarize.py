@@ -46,7 +46,8 @@ def _compare(rows: list[list[str]], question: str, setting: str, a: tuple[str, S
 
 def headline(table1: Sequence[Record], weightmom: Sequence[Record]) -> str:
     """Renders the comparisons the issue asks about: TPP against L1 right after removal and against
-    budget-matched L1 at the end; what distillation adds; WeightMom against magnitude at every sparsity."""
+    budget-matched L1 at the end; what distillation adds to every method; TPP + KD against L1 + KD; WeightMom
+    against magnitude at every sparsity."""
     rows: list[list[str]] = []
 
     def values(runs: Sequence[Record], arm: str, get: Callable[[Record], Any], **where: Any) -> list[float]:
@@ -57,8 +58,10 @@ def headline(table1: Sequence[Record], weightmom: Sequence[Record]) -> str:
     removal: Callable[[Record], Any] = lambda r: r["method_report"].get("accuracy_after_removal")  # noqa: E731
     final: Callable[[Record], Any] = lambda r: r["final_accuracy"]  # noqa: E731
     for pr in sorted({r["pr"] for r in table1}, reverse=True):
-        _compare(rows, "TPP keeps more right after removal", f"PR {pr:g}",
-                 ("TPP", values(table1, "tpp", removal, pr=pr)), ("L1", values(table1, "l1", removal, pr=pr)))
+        for arm, label in (("tpp", "TPP authors'"), ("tpp_adaptive", "TPP adaptive")):
+            _compare(rows, "TPP keeps more right after removal", f"PR {pr:g}",
+                     (label, values(table1, arm, removal, pr=pr)),
+                     ("L1", values(table1, "l1", removal, pr=pr)))
         for lr in sorted({r["lr"] for r in table1}, reverse=True):
             setting = f"PR {pr:g}, LR {lr:g}"
             for arm, label in (("tpp", "TPP"), ("tpp_adaptive", "TPP adaptive")):
@@ -71,6 +74,12 @@ def headline(table1: Sequence[Record], weightmom: Sequence[Record]) -> str:
             _compare(rows, "Distillation helps TPP (final)", setting,
                      ("TPP adaptive + KD", values(table1, "tpp_distill", final, pr=pr, lr=lr)),
                      ("TPP adaptive", values(table1, "tpp_adaptive", final, pr=pr, lr=lr)))
+            _compare(rows, "With KD, TPP beats L1 (final)", setting,
+                     ("TPP adaptive + KD", values(table1, "tpp_distill", final, pr=pr, lr=lr)),
+                     ("L1 + KD", values(table1, "l1_distill", final, pr=pr, lr=lr)))
+            _compare(rows, "Adaptive TPP vs the authors' schedule (final)", setting,
+                     ("TPP adaptive", values(table1, "tpp_adaptive", final, pr=pr, lr=lr)),
+                     ("TPP authors'", values(table1, "tpp", final, pr=pr, lr=lr)))
             _compare(rows, "The Gram term helps (final)", setting,
                      ("TPP adaptive", values(table1, "tpp_adaptive", final, pr=pr, lr=lr)),
                      ("w/o Gram", values(table1, "tpp_nogram", final, pr=pr, lr=lr)))
@@ -85,9 +94,12 @@ def headline(table1: Sequence[Record], weightmom: Sequence[Record]) -> str:
                          (label, values(weightmom, arm, final, sparsity=sparsity)),
                          (weightmom_vs_magnitude.arm_label(mag + suffix),
                           values(weightmom, mag + suffix, final, sparsity=sparsity)))
-        _compare(rows, "Distillation helps magnitude (final)", setting,
-                 ("magnitude + KD", values(weightmom, mag + "_distill", final, sparsity=sparsity)),
-                 ("magnitude", values(weightmom, mag, final, sparsity=sparsity)))
+        for arm in sorted({r["arm"] for r in weightmom if not r["arm"].endswith("_distill")}):
+            _compare(rows, "Distillation helps (final)", setting,
+                     (weightmom_vs_magnitude.arm_label(arm + "_distill"),
+                      values(weightmom, arm + "_distill", final, sparsity=sparsity)),
+                     (weightmom_vs_magnitude.arm_label(arm),
+                      values(weightmom, arm, final, sparsity=sparsity)))
     if not rows:
         return "_No runs recorded yet._\n"
     return ("Accuracy in % (mean ± std over seeds); Δ in points with the standard error of the difference. "
