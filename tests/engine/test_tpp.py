@@ -90,16 +90,19 @@ def test_authors_staircase_in_steps() -> None:
 
 
 def test_a_deep_network_zeroes_several_groups_per_event() -> None:
-    """Past 50 groups an event zeroes consecutive groups, so the pass has at most 50 events: 101 groups go
-    3 at a time (34 events), every group is zeroed by the end of the hold, and the order is kept."""
-    schedule = make_tpp_schedule(TppOptions(zero_out_interval=50), groups=101)
+    """Past 50 groups an authors' event zeroes consecutive groups, so the pass has at most 50 events: 101
+    groups go 3 at a time (34 events), every group is zeroed within the hold, and the order is kept."""
+    schedule = make_tpp_schedule(TppOptions(schedule="authors", zero_out_interval=50), groups=101)
     assert schedule.groups_per_zero_out == 3
-    assert schedule.hold_steps == 34
     zero_at = schedule.zero_at(10)
     assert zero_at[:4] == [11, 11, 11, 12]
     assert zero_at[-1] == schedule.zeroed_by(10) == 10 + 34
     assert schedule.end(10) >= schedule.zeroed_by(10)
-    assert make_tpp_schedule(TppOptions(), groups=50).groups_per_zero_out == 1
+    assert make_tpp_schedule(TppOptions(schedule="authors"), groups=50).groups_per_zero_out == 1
+    adaptive = make_tpp_schedule(TppOptions(zero_out_interval=50), groups=101)
+    assert adaptive.hold_steps == 34  # a hold as long as the authors' pass, then every group at once
+    assert adaptive.zero_at(10) == [44] * 101
+    assert adaptive.regularized_until(10) == adaptive.zeroed_by(10) == adaptive.end(10) == 44
 
 
 def test_default_schedule_is_the_authors_cifar_run_scaled_by_one_fiftieth() -> None:
@@ -144,13 +147,21 @@ def _steps(hooks: TppHooks, model: nn.Module, n: int) -> None:
 
 def test_adaptive_ramp_stops_once_pruned_norms_are_negligible() -> None:
     """The ramp ends at the first lambda update where every pruned filter, BN scale and shift is below
-    norm_ratio of the kept ones; lambda freezes there, the groups are zeroed one per interval, and the
+    norm_ratio of the kept ones; lambda freezes there and holds for the length of the authors' pass; the end
+    of regularization is reported at the hold's end, right before every group is zeroed at once, and the
     phase then reports finished."""
     torch.manual_seed(0)
     model = TinyResNet()
     ratios: list[float] = []
-    hooks = _hooks(model, update_interval=5, zero_out_interval=100)  # scaled: a group every 2 steps
-    hooks.on_ramp_end = lambda _, ratio: ratios.append(ratio)
+    zeroed_when_reported: list[bool] = []
+    hooks = _hooks(model, update_interval=5, zero_out_interval=100)  # scaled: 2 steps per group of hold
+
+    def regularized(m: nn.Module, ratio: float) -> None:
+        """Records the ratio and whether any group was already zeroed when the end was reported."""
+        ratios.append(ratio)
+        zeroed_when_reported.append(any(_is_zeroed(m, [plan]) for plan in hooks.plans))
+
+    hooks.on_regularized = regularized
     assert hooks.norm_ratio() > 1e-3
     _steps(hooks, model, 5)
     assert hooks.ramp_end is None
@@ -161,12 +172,15 @@ def test_adaptive_ramp_stops_once_pruned_norms_are_negligible() -> None:
     assert hooks.ramp_end is None  # checked only when lambda is updated
     _steps(hooks, model, 1)
     assert hooks.ramp_end == 10
-    assert len(ratios) == 1
-    assert ratios[0] < 1e-3
     assert hooks.lam(500) == hooks.lam(10)
     _steps(hooks, model, 3)
+    assert not ratios
     assert not hooks.finished()
-    _steps(hooks, model, 1)  # two groups, one every 2 steps
+    assert not any(_is_zeroed(model, [plan]) for plan in hooks.plans)
+    _steps(hooks, model, 1)  # two groups: a hold of 4 steps
+    assert len(ratios) == 1
+    assert ratios[0] < 1e-3
+    assert zeroed_when_reported == [False]
     assert hooks.finished()
     for plan in hooks.plans:
         assert _is_zeroed(model, [plan])

@@ -182,7 +182,7 @@ class TppOptions(_Strict):
     the authors' 110,000 steps; the default 0.02 (2,200 steps) is documented in tpp_schedule.py.
     `schedule: adaptive` (the default) grows lambda `growth` times faster to lambda_max, then doubles it every
     `doubling_steps`, only until every pruned channel's norm is below `norm_ratio` of its kept channels',
-    holds for one zero-out pass, and stops.
+    holds as long as the authors' zero-out pass would take, zeroes every group at once, and stops.
     """
 
     coupled: bool = False

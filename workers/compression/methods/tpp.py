@@ -217,19 +217,19 @@ def norm_ratio(members: Sequence[_Regularized]) -> float:
 
 class TppHooks(StepHooks):
     """The regularization phase on TPP's step schedule (tpp_schedule.py): adds the penalty gradients after
-    backward, ends the ramp (authors: at lambda_max; adaptive: once norm_ratio < options.norm_ratio), zeroes
-    one group (several past 50 groups) every zero_out_interval steps after it, and ends an adaptive phase
-    after that pass."""
+    backward, ends the ramp (authors: at lambda_max; adaptive: once norm_ratio < options.norm_ratio), then
+    zeroes the groups (authors: one, several past 50 groups, every zero_out_interval steps; adaptive: all at
+    once after a brief hold, which ends the phase)."""
 
     def __init__(
         self, model: nn.Module, plans: Sequence[GroupPlan], options: TppOptions, *, schedule: TppSchedule,
-        on_ramp_end: Callable[[nn.Module, float], None] | None = None,
+        on_regularized: Callable[[nn.Module, float], None] | None = None,
         on_zeroed: Callable[[nn.Module], None] | None = None,
     ) -> None:
         self.plans = tuple(plans)
         self.options = options
         self.schedule = schedule
-        self.on_ramp_end = on_ramp_end
+        self.on_regularized = on_regularized
         self.on_zeroed = on_zeroed
         self.step = 0  # optimizer steps done in this phase (own count: restored with the hook's state)
         self.ramp_end: int | None = None if schedule.adaptive else schedule.ramp_steps
@@ -282,32 +282,30 @@ class TppHooks(StepHooks):
                         _add_rows(bias, rows, lam)
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
-        """Ends the ramp when its time or goal has come, then re-zeroes every group whose turn has come (the
+        """Ends the ramp when its time or goal has come, reports the end of regularization (nothing zeroed
+        yet, with the pruned/kept norm ratio), then re-zeroes every group whose turn has come (the
         optimizer's momentum would revive it)."""
         self.step += 1
         schedule = self.schedule
-        if self.ramp_end is None and self.step % schedule.update_interval == 0:
-            ratio = self.norm_ratio()
-            if ratio < self.options.norm_ratio or self.step >= schedule.max_steps - schedule.hold_steps:
-                self.ramp_end = self.step
-                self._ramp_ended(model, ratio)
-        elif not schedule.adaptive and self.step == self.ramp_end:
-            self._ramp_ended(model, self.norm_ratio())
+        if self.ramp_end is None and self.step % schedule.update_interval == 0 and self._ramp_done():
+            self.ramp_end = self.step
         if self.ramp_end is None:
             return
+        if self.step == schedule.regularized_until(self.ramp_end) and self.on_regularized is not None:
+            self.on_regularized(model, self.norm_ratio())
         for targets, start in zip(self._zero_targets, schedule.zero_at(self.ramp_end), strict=True):
             if self.step >= start:
                 _zero(targets)
         if self.step == schedule.zeroed_by(self.ramp_end) and self.on_zeroed is not None:
             self.on_zeroed(model)
 
-    def _ramp_ended(self, model: nn.Module, ratio: float) -> None:
-        """Reports the end of the ramp (nothing zeroed yet) with the pruned/kept norm ratio."""
-        if self.on_ramp_end is not None:
-            self.on_ramp_end(model, ratio)
+    def _ramp_done(self) -> bool:
+        """Tells whether the adaptive ramp has met its goal (every pruned channel negligible) or its cap."""
+        cap = self.schedule.max_steps - self.schedule.hold_steps
+        return self.norm_ratio() < self.options.norm_ratio or self.step >= cap
 
     def finished(self) -> bool:
-        """Tells whether an adaptive phase has done its zero-out pass (an authors' phase runs to its end)."""
+        """Tells whether an adaptive phase has zeroed its groups (an authors' phase runs to its end)."""
         return (self.schedule.adaptive and self.ramp_end is not None
                 and self.step >= self.schedule.end(self.ramp_end))
 
@@ -352,18 +350,19 @@ class TppMethod:
         """Runs (or resumes) the regularization phase, then completes the zero-out; returns its steps."""
         trainer = ctx.trainer
 
-        def ramp_end(model: nn.Module, ratio: float) -> None:
-            """Keeps the accuracy and norm ratio at the end of the ramp (they travel in the checkpoints)."""
+        def regularized(model: nn.Module, ratio: float) -> None:
+            """Keeps the accuracy and norm ratio before the first zeroing (they travel in the checkpoints)."""
             trainer.remember("tpp.accuracy_after_regularization", trainer.evaluate(model))
             trainer.remember("tpp.norm_ratio_at_zero_out", ratio)
             trainer.remember("tpp.lambda_at_zero_out", hooks.lam(hooks.step))
-            trainer.remember("tpp.regularization_steps", schedule.end(hooks.step))
+            trainer.remember("tpp.regularization_steps", schedule.end(hooks.ramp_end or hooks.step))
 
         def zeroed(model: nn.Module) -> None:
             """Keeps the accuracy right after the last group was zeroed."""
             trainer.remember("tpp.accuracy_after_zero_out", trainer.evaluate(model))
 
-        hooks = TppHooks(ctx.model, plans, options, schedule=schedule, on_ramp_end=ramp_end, on_zeroed=zeroed)
+        hooks = TppHooks(ctx.model, plans, options, schedule=schedule, on_regularized=regularized,
+                         on_zeroed=zeroed)
         trainer.fit(ctx.model, phase=REG_PHASE, stage="pruning", epochs=0.0, steps=schedule.max_steps,
                     lr=options.reg_lr, schedule="constant", momentum=REG_MOMENTUM, hooks=hooks)
         if hooks.step == 0 and schedule.max_steps > 0 and not _is_zeroed(ctx.model, plans):
