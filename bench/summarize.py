@@ -24,6 +24,18 @@ __all__ = ["headline", "headlines", "main", "replace_section"]
 
 Record = dict[str, Any]
 TEMPLATE = BENCH_DIR / "RESULTS.md"
+# The Table-1 questions on final accuracy, per ratio and LR: (question, (label, arm) A, (label, arm) B).
+TABLE1_FINAL_COMPARISONS: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = (
+    ("TPP beats budget-matched L1 (final)", ("TPP", "tpp"), ("L1 + matched", "l1_matched")),
+    ("TPP beats budget-matched L1 (final)", ("TPP adaptive", "tpp_adaptive"), ("L1 + matched", "l1_matched")),
+    ("Distillation helps L1 (final)", ("L1 + KD", "l1_distill"), ("L1", "l1")),
+    ("Distillation helps TPP (final)", ("TPP adaptive + KD", "tpp_distill"),
+     ("TPP adaptive", "tpp_adaptive")),
+    ("With KD, TPP beats L1 (final)", ("TPP adaptive + KD", "tpp_distill"), ("L1 + KD", "l1_distill")),
+    ("Adaptive TPP vs the authors' schedule (final)", ("TPP adaptive", "tpp_adaptive"),
+     ("TPP authors'", "tpp")),
+    ("The Gram term helps (final)", ("TPP adaptive", "tpp_adaptive"), ("w/o Gram", "tpp_nogram")),
+)
 
 
 def _difference(a: Sequence[float], b: Sequence[float]) -> str:
@@ -64,25 +76,9 @@ def headline(table1: Sequence[Record], weightmom: Sequence[Record]) -> str:
                      ("L1", values(table1, "l1", removal, pr=pr)))
         for lr in sorted({r["lr"] for r in table1}, reverse=True):
             setting = f"PR {pr:g}, LR {lr:g}"
-            for arm, label in (("tpp", "TPP"), ("tpp_adaptive", "TPP adaptive")):
-                _compare(rows, "TPP beats budget-matched L1 (final)", setting,
-                         (label, values(table1, arm, final, pr=pr, lr=lr)),
-                         ("L1 + matched", values(table1, "l1_matched", final, pr=pr, lr=lr)))
-            _compare(rows, "Distillation helps L1 (final)", setting,
-                     ("L1 + KD", values(table1, "l1_distill", final, pr=pr, lr=lr)),
-                     ("L1", values(table1, "l1", final, pr=pr, lr=lr)))
-            _compare(rows, "Distillation helps TPP (final)", setting,
-                     ("TPP adaptive + KD", values(table1, "tpp_distill", final, pr=pr, lr=lr)),
-                     ("TPP adaptive", values(table1, "tpp_adaptive", final, pr=pr, lr=lr)))
-            _compare(rows, "With KD, TPP beats L1 (final)", setting,
-                     ("TPP adaptive + KD", values(table1, "tpp_distill", final, pr=pr, lr=lr)),
-                     ("L1 + KD", values(table1, "l1_distill", final, pr=pr, lr=lr)))
-            _compare(rows, "Adaptive TPP vs the authors' schedule (final)", setting,
-                     ("TPP adaptive", values(table1, "tpp_adaptive", final, pr=pr, lr=lr)),
-                     ("TPP authors'", values(table1, "tpp", final, pr=pr, lr=lr)))
-            _compare(rows, "The Gram term helps (final)", setting,
-                     ("TPP adaptive", values(table1, "tpp_adaptive", final, pr=pr, lr=lr)),
-                     ("w/o Gram", values(table1, "tpp_nogram", final, pr=pr, lr=lr)))
+            for question, (label_a, arm_a), (label_b, arm_b) in TABLE1_FINAL_COMPARISONS:
+                _compare(rows, question, setting, (label_a, values(table1, arm_a, final, pr=pr, lr=lr)),
+                         (label_b, values(table1, arm_b, final, pr=pr, lr=lr)))
     mag = weightmom_vs_magnitude.MAGNITUDE
     for sparsity in sorted({r["sparsity"] for r in weightmom}):
         setting = f"sparsity {sparsity:g}"
