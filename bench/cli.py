@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import dataset_file
-from bench.runner import RunSpec, Setup, execute
+from bench.runner import RunSpec, Setup, execute, read_jsonl, successful
 
 __all__ = ["BENCH_DIR", "add_scale_args", "parse", "run_training_benchmark", "setup_from"]
 
@@ -58,11 +58,12 @@ def run_training_benchmark(
     table: Callable[[Sequence[dict[str, Any]]], str],
     argv: Sequence[str] | None,
 ) -> None:
-    """Runs (or resumes) a training benchmark's plan and writes its markdown table next to the JSONL."""
+    """Runs (or resumes) a training benchmark's plan and writes the markdown table of every run recorded in
+    the JSONL next to it, so that running a few arms never drops the others' rows."""
     args = parse(parser, quick, argv)
     setup = setup_from(args, bench)
-    records = execute(plan(args), setup, dry_run=args.dry_run)
+    execute(plan(args), setup, dry_run=args.dry_run)
     if not args.dry_run:
         path = setup.results_dir / f"{bench}.md"
-        path.write_text(table(records))
+        path.write_text(table(successful(read_jsonl(setup.jsonl))))
         print(f"[{bench}] table written to {path}")

@@ -135,16 +135,16 @@ def _summary(record: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def execute(specs: Sequence[RunSpec], setup: Setup, *, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Runs the specs not yet recorded, `setup.workers` at a time, and returns the successful records of
-    all the specs (earlier ones included). Prints the plan with its estimated wall time first."""
+def execute(specs: Sequence[RunSpec], setup: Setup, *, dry_run: bool = False) -> None:
+    """Runs the specs not yet recorded, `setup.workers` at a time, appending each record to the JSONL.
+    Prints the plan with its estimated wall time first."""
     done = {r["run_id"] for r in successful(read_jsonl(setup.jsonl))}
     todo = [s for s in specs if s.run_id not in done]
     estimate = wall_seconds((s.estimate_s for s in todo), setup.workers)
     print(f"[{setup.bench}] {len(specs)} runs planned, {len(specs) - len(todo)} already in {setup.jsonl}; "
           f"{len(todo)} to run on {setup.workers} worker(s): estimated {estimate / 60:.1f} min", flush=True)
     if dry_run or not todo:
-        return _records_for(specs, setup)
+        return
     # Every worker runs one torch thread; the env vars also cover OpenMP pools started before that call.
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     started = time.perf_counter()
@@ -164,10 +164,3 @@ def execute(specs: Sequence[RunSpec], setup: Setup, *, dry_run: bool = False) ->
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return _records_for(specs, setup)
-
-
-def _records_for(specs: Sequence[RunSpec], setup: Setup) -> list[dict[str, Any]]:
-    """Returns the successful recorded runs among `specs`."""
-    wanted = {s.run_id for s in specs}
-    return [r for r in successful(read_jsonl(setup.jsonl)) if r["run_id"] in wanted]
