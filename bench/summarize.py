@@ -97,7 +97,7 @@ def headline(table1: Sequence[Record], weightmom: Sequence[Record]) -> str:
                      (weightmom_vs_magnitude.arm_label(arm),
                       values(weightmom, arm, final, sparsity=sparsity)))
     if not rows:
-        return "_No runs recorded yet._\n"
+        return "_No two arms to compare at this scale (its runs are in the tables below)._\n"
     return ("Accuracy in % (mean ± std over seeds); Δ in points with the standard error of the difference. "
             "With a handful of seeds, a |Δ| below ~2 SE is not a difference this benchmark resolves.\n\n"
             + markdown(["question", "setting", "A", "B", "Δ A − B (pts)", "runs A / B"], rows))
