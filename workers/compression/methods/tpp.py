@@ -325,9 +325,8 @@ WARN_COST = 0.01  # a zero-out that costs more than 1 point of accuracy is a war
 
 
 def zero_out_warning(cost: float, ratio: float, options: TppOptions) -> str | None:
-    """Returns what to change when the zero-out cost more than 1 point, else None. A longer authors' ramp is
-    not advised: at lambda_max the loss holds a still-useful channel near g/lambda however long the ramp
-    (ResNet-20 at PR 0.9: ratio 0.23 and cost 50 points at scale 0.02, 0.36 and 47 points at 0.1)."""
+    """Returns what to change when the zero-out cost more than 1 point, else None (never a longer authors'
+    ramp: lambda_max holds a still-useful channel however long it runs; figures in tpp_schedule.py)."""
     if cost <= WARN_COST:
         return None
     if options.schedule == "authors":
