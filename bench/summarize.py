@@ -35,6 +35,9 @@ TABLE1_FINAL_COMPARISONS: tuple[tuple[str, tuple[str, str], tuple[str, str]], ..
     ("Adaptive TPP vs the authors' schedule (final)", ("TPP adaptive", "tpp_adaptive"),
      ("TPP authors'", "tpp")),
     ("The Gram term helps (final)", ("TPP adaptive", "tpp_adaptive"), ("w/o Gram", "tpp_nogram")),
+    ("KD α 0.9 beats α 0.5, L1 (final)", ("L1 + KD α 0.9", "l1_distill_a09"), ("L1 + KD", "l1_distill")),
+    ("KD α 0.9 beats α 0.5, TPP (final)", ("TPP adaptive + KD α 0.9", "tpp_distill_a09"),
+     ("TPP adaptive + KD", "tpp_distill")),
 )
 
 

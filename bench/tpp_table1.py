@@ -25,12 +25,12 @@ from bench.tables import by, by_scale, cell, markdown, mean_std, pct
 from workers.compression.config import TppOptions
 from workers.compression.methods.tpp_schedule import make_tpp_schedule
 
-__all__ = ["ARMS", "BENCH", "DISTILL", "PAPER_TABLE1", "Arm", "authors_steps", "main", "plan", "table"]
+__all__ = ["ARMS", "BENCH", "PAPER_TABLE1", "Arm", "authors_steps", "main", "plan", "table"]
 
 BENCH = "tpp_table1"
 TPP_EXTRA_EVALS = 5  # before and after regularization, after the zero-out, before and after removal
 L1_EXTRA_EVALS = 1  # right after removal
-DISTILL = {"alpha": 0.5, "temperature": 4.0}
+TEMPERATURE = 4.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Arm:
     schedule: str = "adaptive"  # TPP: "authors" (scaled) or "adaptive"
     gram: bool = True  # TPP with the Gram term (paper Eq. 3); False sets gram_weight 0
     distill: bool = False
+    alpha: float = 0.5  # with distill: the KL term's weight (the product's default 0.5, or the 0.9 arms)
 
 
 ARMS = (
@@ -54,9 +55,12 @@ ARMS = (
     Arm("l1_distill", "L1 + distillation", "l1", distill=True),
     Arm("tpp_distill", "TPP adaptive + distillation", "tpp", distill=True),
     Arm("tpp_nogram", "TPP adaptive w/o Gram", "tpp", gram=False),
+    Arm("l1_distill_a09", "L1 + distillation α 0.9", "l1", distill=True, alpha=0.9),
+    Arm("tpp_distill_a09", "TPP adaptive + distillation α 0.9", "tpp", distill=True, alpha=0.9),
 )
 ARM_BY_KEY = {arm.key: arm for arm in ARMS}
-DEFAULT_ARMS = [arm.key for arm in ARMS if arm.key != "tpp_nogram"]
+EXTRA_ARMS = ("tpp_nogram", "l1_distill_a09", "tpp_distill_a09")  # run only when named in --arms
+DEFAULT_ARMS = [arm.key for arm in ARMS if arm.key not in EXTRA_ARMS]
 
 # specs/tpp.md: ResNet-56 on CIFAR-10, full 50k training set, 120 finetune epochs, baseline 93.78%.
 PAPER_TABLE1 = """\
@@ -112,7 +116,7 @@ def _spec(args: argparse.Namespace, arm: Arm, pr: float, lr: float, seed: int) -
     config = {
         "method": arm.method, "architecture": args.arch, "target": {"pruning_ratio": pr},
         "finetune": {"epochs": args.epochs, "lr": lr, "batch_size": args.batch_size,
-                     "distill": DISTILL if arm.distill else False},
+                     "distill": {"alpha": arm.alpha, "temperature": TEMPERATURE} if arm.distill else False},
         "seed": seed, "options": options,
     }
     scale = (f"{args.arch}/n{args.train_subset}v{args.val_subset}b{args.batch_size}e{args.epochs}"
