@@ -25,7 +25,7 @@ __all__ = ["main", "plot"]
 Record = dict[str, Any]
 COLORS = {"l1": "tab:blue", "l1_matched": "tab:cyan", "tpp": "tab:red", "tpp_nogram": "tab:orange",
           "tpp_adaptive": "tab:purple", "l1_distill": "tab:green", "tpp_distill": "tab:pink",
-          "magnitude": "tab:blue"}
+          "l1_distill_a09": "tab:olive", "tpp_distill_a09": "tab:brown", "magnitude": "tab:blue"}
 LR_STYLES = ("-", "--", ":", "-.")
 
 
