@@ -31,7 +31,7 @@ from workers.compression.methods.tpp import (
     gram_grad,
     gram_penalty,
 )
-from workers.compression.methods.tpp_schedule import make_tpp_schedule
+from workers.compression.methods.tpp_schedule import LAMBDA_CEILING, make_tpp_schedule
 from workers.compression.training import Trainer
 
 # --- the math --------------------------------------------------------------------------------------------
@@ -105,16 +105,26 @@ def test_a_deep_network_zeroes_several_groups_per_event() -> None:
     assert adaptive.regularized_until(10) == adaptive.zeroed_by(10) == adaptive.end(10) == 44
 
 
-def test_default_schedule_is_the_authors_cifar_run_scaled_by_one_fiftieth() -> None:
+def test_default_schedule_is_the_authors_cifar_run_compressed_fifty_times() -> None:
     """Authors: +1e-4 every 10 steps to 1 (100,000 steps), 10,000 steps of hold, a layer every 100 steps.
-    Scale 0.02: +5e-3 every 10 steps (2,000 steps), 200 of hold, a layer every 2; scale 1 is theirs."""
+    Scale 0.02: 1/50 of the steps (2,000 + 200, a layer every 2) and a ceiling 50 times higher (+0.25 every
+    10 steps to 50), so the total pull sum(lambda) is theirs; the Gram term follows their lambda; scale 1 is
+    theirs."""
     authors = make_tpp_schedule(TppOptions(schedule="authors", scale=1.0), groups=27)
     assert (authors.ramp_steps, authors.hold_steps, authors.zero_out_interval) == (100_000, 10_000, 100)
     assert authors.lam(55_555) == pytest.approx(0.5555)
+    assert authors.gram_lambda(0.5555) == pytest.approx(0.5555)
     scaled = make_tpp_schedule(TppOptions(schedule="authors"), groups=9)
     assert (scaled.ramp_steps, scaled.hold_steps, scaled.zero_out_interval, scaled.max_steps) == (
         2000, 200, 2, 2200)
-    assert scaled.increment == pytest.approx(5e-3)
+    assert scaled.increment == pytest.approx(0.25)
+    assert scaled.lam(1111) == pytest.approx(27.75)  # 1/50 of the way through the authors' 55,550 steps
+    assert scaled.lam(2150) == scaled.lambda_max == pytest.approx(50.0)
+    assert scaled.gram_lambda(27.75) == pytest.approx(0.555)  # the authors' lambda at that point
+    theirs = sum(map(authors.lam, range(110_000)))
+    assert sum(map(scaled.lam, range(2200))) == pytest.approx(theirs, rel=0.01)
+    tiny = make_tpp_schedule(TppOptions(schedule="authors", scale=1e-4), groups=9)
+    assert tiny.lambda_max == LAMBDA_CEILING
     tight = make_tpp_schedule(TppOptions(schedule="authors", stabilize_steps=1000), groups=30)
     assert tight.zero_out_interval == 1
     assert tight.hold_steps == 30

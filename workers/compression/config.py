@@ -178,8 +178,8 @@ class TppOptions(_Strict):
 
     Counted in optimizer steps, as the authors do (MingSun-Tse/TPP, CIFAR): lambda += reg_granularity every
     update_interval steps up to lambda_max, then stabilize_steps at lambda_max with one group zeroed every
-    zero_out_interval steps. `scale` multiplies every step count (the ramp by a larger increment), 1.0 being
-    the authors' 110,000 steps; the default 0.02 (2,200 steps) is documented in tpp_schedule.py.
+    zero_out_interval steps. `scale` multiplies every step count and divides lambda's ceiling (their total
+    pull kept), 1.0 being the authors' 110,000 steps; the default 0.02 (2,200 steps) is in tpp_schedule.py.
     `schedule: adaptive` (the default) grows lambda `growth` times faster to lambda_max, then doubles it every
     `doubling_steps`, only until every pruned channel's norm is below `norm_ratio` of its kept channels',
     holds as long as the authors' zero-out pass would take, zeroes every group at once, and stops.

@@ -326,12 +326,12 @@ WARN_COST = 0.01  # a zero-out that costs more than 1 point of accuracy is a war
 
 def zero_out_warning(cost: float, ratio: float, options: TppOptions) -> str | None:
     """Returns what to change when the zero-out cost more than 1 point, else None (never a longer authors'
-    ramp: lambda_max holds a still-useful channel however long it runs; figures in tpp_schedule.py)."""
+    ramp: the ceiling holds a still-useful channel however long it runs; figures in tpp_schedule.py)."""
     if cost <= WARN_COST:
         return None
     if options.schedule == "authors":
-        fix = ("use options.schedule 'adaptive' (it grows lambda past lambda_max until the channels are "
-               "negligible); a longer ramp (options.scale) does not help")
+        fix = ("use options.schedule 'adaptive' (it grows lambda until the channels are negligible) or raise "
+               "options.lambda_max; a longer ramp (a larger options.scale) lowers the ceiling, no help")
     elif ratio >= options.norm_ratio:  # the ramp hit its cap before the channels were negligible
         fix = "raise options.max_reg_steps (the ramp stopped at its cap); a lower pruning ratio also helps"
     else:
