@@ -30,7 +30,7 @@ from workers.compression.onnx_metadata import write_metadata
 from workers.compression.preprocessing import Preprocessing
 from workers.compression.report import Side, build_report, environment, sha256_file
 from workers.compression.shared_baseline import BaselineCache, baseline_key, measure_once
-from workers.compression.training import Trainer, seed_everything
+from workers.compression.training import Trainer, seed_everything, subnormals_flushed
 
 __all__ = ["OUTPUT_FILES", "TRAIN_SPAN", "CompressionResult", "LoadedInputs", "check_exportable",
            "check_fits", "compress", "load_inputs", "resolve_device"]
@@ -217,9 +217,6 @@ def compress(
     """
     clock = _StageClock(on_progress)
     torch.set_num_threads(threads)
-    # Pruned channels decaying under a strong pull pass through subnormal floats, which x86 computes in
-    # microcode: TPP's authors' schedule ran its epochs 3-8x slower there until flushed to zero.
-    torch.set_flush_denormal(True)
     dev = resolve_device(device)
     seed_everything(config.seed)
     clock.enter("loading")
@@ -249,7 +246,9 @@ def compress(
             data=data, finetune=config.finetune, device=dev, seed=config.seed,
             on_progress=clock, checkpoints=checkpoints, progress_span=TRAIN_SPAN,
         )
-        result = method.run(PruneContext(model=model, data=data, config=config, device=dev, trainer=trainer))
+        context = PruneContext(model=model, data=data, config=config, device=dev, trainer=trainer)
+        with subnormals_flushed():
+            result = method.run(context)
         pruned_model = finalize(result.model).eval()
         out_dir.mkdir(parents=True, exist_ok=True)
         onnx_path, zst_path, report_path = (out_dir / name for name in OUTPUT_FILES)
