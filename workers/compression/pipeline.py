@@ -30,7 +30,7 @@ from workers.compression.onnx_metadata import write_metadata
 from workers.compression.preprocessing import Preprocessing
 from workers.compression.report import Side, build_report, environment, sha256_file
 from workers.compression.shared_baseline import BaselineCache, baseline_key, measure_once
-from workers.compression.training import Trainer, seed_everything, subnormals_flushed
+from workers.compression.training import Trainer, seed_everything
 
 __all__ = ["OUTPUT_FILES", "TRAIN_SPAN", "CompressionResult", "LoadedInputs", "check_exportable",
            "check_fits", "compress", "load_inputs", "resolve_device"]
@@ -246,9 +246,7 @@ def compress(
             data=data, finetune=config.finetune, device=dev, seed=config.seed,
             on_progress=clock, checkpoints=checkpoints, progress_span=TRAIN_SPAN,
         )
-        context = PruneContext(model=model, data=data, config=config, device=dev, trainer=trainer)
-        with subnormals_flushed():
-            result = method.run(context)
+        result = method.run(PruneContext(model=model, data=data, config=config, device=dev, trainer=trainer))
         pruned_model = finalize(result.model).eval()
         out_dir.mkdir(parents=True, exist_ok=True)
         onnx_path, zst_path, report_path = (out_dir / name for name in OUTPUT_FILES)

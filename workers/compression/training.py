@@ -12,8 +12,6 @@ import io
 import math
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -29,10 +27,7 @@ from workers.compression.hooks import CheckpointStore, Progress, ProgressCallbac
 from workers.compression.methods.base import StepHooks
 from workers.compression.throughput import TimedBatches
 
-__all__ = [
-    "CHECKPOINT_VERSION", "EVAL_BATCH_SIZE", "Trainer", "learning_rate", "seed_everything",
-    "subnormals_flushed",
-]
+__all__ = ["CHECKPOINT_VERSION", "EVAL_BATCH_SIZE", "Trainer", "learning_rate", "seed_everything"]
 
 CHECKPOINT_VERSION = 1
 EVAL_BATCH_SIZE = 256  # evaluation holds no activations for backward, so bigger batches are cheap
@@ -45,20 +40,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@contextmanager
-def subnormals_flushed() -> Iterator[None]:
-    """Flushes subnormal floats to zero on this thread's CPU while training, then restores IEEE behaviour.
-
-    Pruned channels decaying under a strong pull pass through subnormals, which x86 computes in microcode:
-    TPP's authors' schedule ran epochs up to 8x slower there (285 s instead of 33). Scoped, because the
-    flag is process state that other code in the same thread (a test, the embedded worker) relies on."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def learning_rate(base: float, schedule: Schedule, step: int, total: int) -> float:
