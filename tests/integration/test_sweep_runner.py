@@ -47,7 +47,6 @@ def test_the_second_point_reuses_the_first_points_baseline(
     assert reports[1]["baseline_shared"] == {"sweep_id": sweep_id, "measured_by": first, "reused": True}
     assert "baseline_shared" not in reports[2]
     assert reports[0]["verification"]["baseline"] == reports[1]["verification"]["baseline"]
-    assert reports[1]["timings_s"]["evaluating"] < reports[0]["timings_s"]["evaluating"]
     with session_scope(factory) as session:
         found = repository.baseline_for_job(session, job_id=second)
     assert found is not None
